@@ -1,0 +1,3 @@
+"""stemfleet core: settings, database access, the queue's Python face, storage, API and CLI."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,236 @@
+"""All settings, read from the environment with the prefix STEMFLEET_.
+
+A bad value fails at start with the variable's name: `STEMFLEET_MAX_MACHINES: ...`.
+Durations accept seconds ("90") or a unit suffix ("30s", "10m", "2h", "1d").
+
+Supabase note: LISTEN/NOTIFY and advisory locks need a *session* connection: use the direct
+connection or the session pooler on port 5432, never the transaction pooler on port 6543.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import platformdirs
+from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.errors import ConfigError
+
+ENV_PREFIX = "STEMFLEET_"
+
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|min|m|h|d)?\s*$")
+
+
+def parse_duration(value: Any) -> float:
+    """'90' -> 90.0, '30s' -> 30.0, '10m' -> 600.0, '1.5h' -> 5400.0."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"not a duration: {value!r} (use e.g. 30, 30s, 10m, 2h)")
+        seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def default_data_dir() -> Path:
+    return Path(platformdirs.user_data_dir("stemfleet", appauthor=False))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
+    )
+
+    # --- core -----------------------------------------------------------------------------
+    database_url: str = ""
+    db_pool_min: int = Field(1, ge=0)
+    db_pool_max: int = Field(10, ge=1)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_json: bool = True
+    data_dir: Path = Field(default_factory=default_data_dir)
+
+    # --- storage --------------------------------------------------------------------------
+    storage: Literal["local", "s3"] = "local"
+    storage_root: Path | None = None  # local backend; default <data_dir>/storage
+    s3_endpoint_url: str | None = None
+    s3_region: str = "auto"
+    s3_bucket: str = "stemfleet"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    presign_expires: Duration = 3600.0
+
+    # --- worker ---------------------------------------------------------------------------
+    model: str = "htdemucs"
+    model_repo: Path | None = None  # a local folder of Demucs weights (air-gapped machines)
+    device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    precision: Literal["fp32", "fp16", "bf16"] = "fp32"
+    batch_size: int = Field(0, ge=0)  # segments per forward pass; 0 = from free memory
+    threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = torch's default
+    lease: Duration = 60.0
+    heartbeat_interval: Duration = 10.0
+    poll_interval: Duration = 5.0
+    worker_idle_exit: Duration = 600.0  # 0 = never
+    shutdown_grace: Duration = 30.0
+    max_duration: Duration = 3 * 3600.0  # longest input accepted, in seconds of audio
+    preview_seconds: Duration = 30.0
+    backoff_base: Duration = 10.0
+    max_attempts: int = Field(3, ge=1, le=100)
+    machine_id: str | None = None  # default: FLY_MACHINE_ID, else the host name
+    worker_provider: str = "local"
+    region: str | None = None
+
+    # --- scaler ---------------------------------------------------------------------------
+    provider: Literal["local", "fly"] = "local"
+    min_machines: int = Field(0, ge=0)
+    max_machines: int = Field(4, ge=0)
+    max_hourly_usd: float = Field(10.0, ge=0)
+    daily_budget_usd: float = Field(100.0, ge=0)
+    monthly_budget_usd: float = Field(1000.0, ge=0)
+    scale_rules: str = "10:1,50:5"  # queued-jobs threshold : machines to add
+    preview_weight: float = Field(5.0, ge=0)  # one queued preview counts as this many jobs
+    scale_down_idle: Duration = 600.0
+    scale_up_cooldown: Duration = 60.0
+    scale_down_cooldown: Duration = 120.0
+    transient_timeout: Duration = 300.0
+    machine_size: str = "performance-8x"
+    machine_prices: dict[str, float] = Field(
+        default_factory=lambda: {
+            "shared-cpu-1x": 0.0028,
+            "performance-2x": 0.0889,
+            "performance-4x": 0.1778,
+            "performance-8x": 0.3556,
+            "performance-16x": 0.7111,
+            "local": 0.0,
+        }
+    )
+    scaler_interval: Duration = 30.0
+    fly_api_url: str = "https://api.machines.dev"
+    fly_api_token: str | None = None
+    fly_app: str | None = None
+    fly_region: str | None = None
+    machine_template: Path | None = None  # default: deploy/worker-machine.json
+
+    # --- API ------------------------------------------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(8000, ge=1, le=65535)
+    public_url: str | None = None  # how clients reach the API (for served local files)
+    jwt_secret: str | None = None  # Supabase project's HS256 secret
+    jwks_url: str | None = None  # Supabase asymmetric keys
+    jwt_audience: str = "authenticated"
+    service_token: str | None = None
+    dev_auth: bool = False
+    dev_token: str | None = None
+    max_upload_mb: float = Field(200.0, gt=0)
+    max_queued_per_user: int = Field(20, ge=1)
+    dedup_window: Duration = 24 * 3600.0  # 0 = no dedup by sha256
+    callback_allowlist: list[str] = Field(default_factory=list)  # hosts allowed despite SSRF rules
+    webhook_secret: str | None = None  # "whsec_<base64>" per Standard Webhooks
+    webhook_max_age: Duration = 2 * 3600.0
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if value and not value.startswith(("postgres://", "postgresql://")):
+            raise ValueError("must start with postgresql:// (a libpq connection URL)")
+        return value
+
+    @field_validator("callback_allowlist", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("machine_prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @field_validator("scale_rules")
+    @classmethod
+    def _check_rules(cls, value: str) -> str:
+        parse_scale_rules(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Settings:
+        if self.min_machines > self.max_machines:
+            raise ValueError("STEMFLEET_MIN_MACHINES must not exceed STEMFLEET_MAX_MACHINES")
+        if self.machine_size not in self.machine_prices:
+            raise ValueError(
+                f"STEMFLEET_MACHINE_SIZE {self.machine_size!r} has no price in "
+                "STEMFLEET_MACHINE_PRICES"
+            )
+        if self.heartbeat_interval >= self.lease:
+            raise ValueError("STEMFLEET_HEARTBEAT_INTERVAL must be shorter than STEMFLEET_LEASE")
+        return self
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def local_storage_root(self) -> Path:
+        return self.storage_root or self.data_dir / "storage"
+
+    @property
+    def rules(self) -> list[tuple[int, int]]:
+        return parse_scale_rules(self.scale_rules)
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError(
+                "STEMFLEET_DATABASE_URL is not set: give a postgresql:// URL (on Supabase, the "
+                "session connection on port 5432), or run `stemfleet up` for the embedded default"
+            )
+        return self.database_url
+
+
+def parse_scale_rules(text: str) -> list[tuple[int, int]]:
+    """'10:1,50:5' -> [(10, 1), (50, 5)]: > 10 queued adds 1 machine, > 50 adds 5."""
+    rules: list[tuple[int, int]] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        threshold, _, add = part.partition(":")
+        try:
+            rule = (int(threshold), int(add))
+        except ValueError:
+            raise ValueError(f"bad rule {part!r}: use THRESHOLD:ADD, e.g. 10:1,50:5") from None
+        if rule[0] < 0 or rule[1] < 1:
+            raise ValueError(f"bad rule {part!r}: threshold >= 0 and add >= 1")
+        rules.append(rule)
+    return sorted(rules)
+
+
+def _variable(loc: tuple[Any, ...]) -> str:
+    return ENV_PREFIX + str(loc[0]).upper() if loc else "settings"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment; a bad value raises ConfigError naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            message = str(err["msg"]).removeprefix("Value error, ")
+            if err["loc"]:
+                problems.append(f"{_variable(err['loc'])}: {message} (got {err.get('input')!r})")
+            else:
+                problems.append(message)
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return load_settings()

@@ -1,0 +1,172 @@
+"""Shared fixtures: a real Postgres, a template database built once from the migrations, a fresh
+database per test, and a real S3 HTTP endpoint (moto's server) spoken to through boto3.
+
+Postgres comes from, in order: STEMFLEET_TEST_DATABASE_URL; testcontainers when a Docker engine
+answers; else a throwaway cluster from the machine's binaries (initdb / pg_ctl), stopped at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from app.clock import FakeClock
+from app.db import Connection, connect
+from app.migrate import migrate
+from app.queue import Queue
+
+TEMPLATE_DB = "stemfleet_template"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+        return True
+    except Exception:
+        return False
+
+
+def _with_db(url: str, dbname: str) -> str:
+    info = psycopg.conninfo.conninfo_to_dict(url)
+    info["dbname"] = dbname
+    return psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """A URL to a maintenance database of a Postgres server we may create databases on."""
+    env_url = os.environ.get("STEMFLEET_TEST_DATABASE_URL")
+    if env_url:
+        yield env_url
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:15", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    from app.pgserver import LocalPostgres
+
+    base = Path(tempfile.mkdtemp(prefix="stemfleet-pg-"))
+    os.chmod(base, 0o755)
+    server = LocalPostgres(data_dir=base / "data", fast_unsafe=True)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> str:
+    """Build the template database from the migrations once per run."""
+    with connect(pg_admin_url) as conn:
+        conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(TEMPLATE_DB)))
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(TEMPLATE_DB)))
+    migrate(_with_db(pg_admin_url, TEMPLATE_DB))
+    return TEMPLATE_DB
+
+
+@pytest.fixture
+def fresh_database(pg_admin_url: str) -> Iterator[Any]:
+    """Factory: create_db(template=...) -> URL of a new database, dropped after the test."""
+    created: list[str] = []
+
+    def create(template: str | None) -> str:
+        name = f"t_{uuid.uuid4().hex[:16]}"
+        with connect(pg_admin_url) as conn:
+            if template:
+                query = sql.SQL("create database {} template {}").format(
+                    sql.Identifier(name), sql.Identifier(template)
+                )
+            else:
+                query = sql.SQL("create database {}").format(sql.Identifier(name))
+            conn.execute(query)
+        created.append(name)
+        return _with_db(pg_admin_url, name)
+
+    yield create
+    with connect(pg_admin_url) as conn:
+        for name in created:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def db_url(template_db: str, fresh_database: Any) -> str:
+    """A fresh, fully migrated database for this test alone."""
+    url: str = fresh_database(template_db)
+    return url
+
+
+@pytest.fixture
+def conn(db_url: str) -> Iterator[Connection]:
+    with connect(db_url) as connection:
+        yield connection
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def queue(clock: FakeClock) -> Queue:
+    return Queue(clock)
+
+
+# --- S3: moto's real HTTP server --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    from app.pgserver import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """A fresh bucket on the moto server and the STEMFLEET_S3_* settings that reach it."""
+    import boto3
+
+    bucket = f"b-{uuid.uuid4().hex[:12]}"
+    env = {
+        "STEMFLEET_STORAGE": "s3",
+        "STEMFLEET_S3_ENDPOINT_URL": s3_server,
+        "STEMFLEET_S3_REGION": "us-east-1",
+        "STEMFLEET_S3_BUCKET": bucket,
+        "STEMFLEET_S3_ACCESS_KEY_ID": "testing",
+        "STEMFLEET_S3_SECRET_ACCESS_KEY": "testing",
+    }
+    boto3.client(
+        "s3",
+        endpoint_url=s3_server,
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    ).create_bucket(Bucket=bucket)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
