@@ -102,8 +102,8 @@ def migrate(url: str, directory: Path | None = None) -> list[Migration]:
                 with conn.transaction():
                     conn.execute(migration.sql)
                     conn.execute(
-                        "insert into supabase_migrations.schema_migrations (version, statements, name)"
-                        " values (%s, %s, %s)",
+                        "insert into supabase_migrations.schema_migrations"
+                        " (version, statements, name) values (%s, %s, %s)",
                         (migration.version, [migration.sql], migration.name),
                     )
                 log.info("migration_applied", version=migration.version, name=migration.name)

@@ -93,7 +93,7 @@ class JobParams(BaseModel):
 
 
 def parse_params(raw: object) -> JobParams:
-    """Validate jobs.params; a bad value raises PermanentJobError with a message a user can act on."""
+    """Validate jobs.params; a bad value raises PermanentJobError with an actionable message."""
     try:
         return JobParams.model_validate(raw if raw is not None else {})
     except ValidationError as exc:

@@ -17,7 +17,8 @@ from typing import Annotated, Any, Literal
 
 import platformdirs
 from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 from app.errors import ConfigError
 
@@ -135,7 +136,8 @@ class Settings(BaseSettings):
     max_upload_mb: float = Field(200.0, gt=0)
     max_queued_per_user: int = Field(20, ge=1)
     dedup_window: Duration = 24 * 3600.0  # 0 = no dedup by sha256
-    callback_allowlist: list[str] = Field(default_factory=list)  # hosts allowed despite SSRF rules
+    # hosts allowed despite the SSRF rules, comma-separated
+    callback_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_secret: str | None = None  # "whsec_<base64>" per Standard Webhooks
     webhook_max_age: Duration = 2 * 3600.0
 
@@ -220,6 +222,11 @@ def load_settings(**overrides: Any) -> Settings:
     """Read the environment; a bad value raises ConfigError naming the variable."""
     try:
         return Settings(**overrides)
+    except SettingsError as exc:
+        # raised before validation when a JSON-valued variable does not parse
+        field = re.search(r'field "([a-z_]+)"', str(exc))
+        name = _variable((field.group(1),)) if field else "settings"
+        raise ConfigError(f"invalid settings: {name}: not valid JSON") from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():

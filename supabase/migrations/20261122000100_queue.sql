@@ -239,7 +239,7 @@ create function queue.heartbeat(
     p_job_id uuid,
     p_worker_id uuid,
     p_attempt integer,
-    p_progress real default null,
+    p_progress double precision default null,
     p_lease_seconds double precision default 60,
     p_now timestamptz default null
 ) returns public.job_status

@@ -7,10 +7,12 @@
 --   service_role   everything (bypasses RLS); the API, workers and scaler connect as it
 
 -- Users may not forge queue-owned columns: whatever they send, these are reset.
+-- SECURITY DEFINER so it may call queue.* (users have no usage on that schema); the caller's role
+-- is read from the `role` setting, which SET ROLE (as PostgREST does) sets and a definer keeps.
 create function queue.user_insert_guard() returns trigger
-language plpgsql as $$
+language plpgsql security definer set search_path = '' as $$
 begin
-    if current_user not in ('anon', 'authenticated') then
+    if current_setting('role') not in ('anon', 'authenticated') then
         return new;
     end if;
     new.user_id := auth.uid();
@@ -20,18 +22,18 @@ begin
     new.progress := 0;
     new.attempts := 0;
     new.max_attempts := 3;
-    new.run_after := now();
+    new.run_after := pg_catalog.now();
     new.lease_expires_at := null;
     new.worker_id := null;
     new.error := null;
     new.error_kind := null;
     new.timings := '{}'::jsonb;
     new.duration_s := null;
-    new.created_at := now();
+    new.created_at := pg_catalog.now();
     new.started_at := null;
     new.finished_at := null;
-    new.updated_at := now();
-    new.id := gen_random_uuid();
+    new.updated_at := pg_catalog.now();
+    new.id := pg_catalog.gen_random_uuid();
     return new;
 end;
 $$;

@@ -1,0 +1,17 @@
+# stemfleet: `make demo` separates a generated clip on the embedded default; `make test` runs
+# the whole suite (installs into .venv, starts its own Postgres and S3 endpoint).
+.PHONY: install lint test demo clean
+
+install:
+	./scripts/install.sh
+
+lint: install
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy
+
+test: lint
+	.venv/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

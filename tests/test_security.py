@@ -1,0 +1,132 @@
+"""RLS and grants: what a Supabase client (anon / authenticated) can and cannot do."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from app.clock import FakeClock
+from app.db import Connection, as_user
+from app.errors import JobNotFound
+from app.queue import Queue
+
+ALICE = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
+BOB = uuid.UUID("00000000-0000-4000-8000-0000000000b0")
+
+
+@contextmanager
+def as_anon(conn: Connection) -> Iterator[Connection]:
+    with conn.transaction():
+        conn.execute(sql.SQL("set local role anon"))
+        yield conn
+
+
+def insert_as(conn: Connection, user: uuid.UUID, **columns: object) -> dict[str, object]:
+    columns.setdefault("input_key", f"inputs/{user}/song.wav")
+    names = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    values = sql.SQL(", ").join(sql.Placeholder() for _ in columns)
+    with as_user(conn, str(user)):
+        row = conn.execute(
+            sql.SQL("insert into public.jobs ({}) values ({}) returning *").format(names, values),
+            list(columns.values()),
+        ).fetchone()
+    assert row is not None
+    return row
+
+
+def test_user_insert_is_forced_to_a_queued_job_of_their_own(conn: Connection) -> None:
+    forged_worker = uuid.uuid4()
+    row = insert_as(
+        conn,
+        ALICE,
+        user_id=BOB,
+        priority=1000,
+        attempts=7,
+        max_attempts=99,
+        worker_id=forged_worker,
+        progress=0.9,
+        output=psycopg.types.json.Jsonb({"stems": {"vocals": "outputs/x/vocals.wav"}}),
+        error="nope",
+        params=psycopg.types.json.Jsonb({"format": "mp3"}),
+        idempotency_key="abc",
+    )
+    assert row["user_id"] == ALICE
+    assert row["status"] == "queued"
+    assert (row["priority"], row["attempts"], row["max_attempts"]) == (0, 0, 3)
+    assert (row["worker_id"], row["output"], row["error"], row["progress"]) == (None, None, None, 0)
+    assert row["params"] == {"format": "mp3"} and row["idempotency_key"] == "abc"
+
+
+def test_user_cannot_insert_a_running_job(conn: Connection) -> None:
+    row = insert_as(conn, ALICE, status="running", lease_expires_at=None)
+    assert row["status"] == "queued"
+
+
+def test_users_see_only_their_own_jobs(conn: Connection) -> None:
+    mine = insert_as(conn, ALICE)
+    theirs = insert_as(conn, BOB)
+    with as_user(conn, str(ALICE)):
+        ids = [r["id"] for r in conn.execute("select id from public.jobs").fetchall()]
+        assert ids == [mine["id"]]
+        row = conn.execute("select * from public.jobs where id = %s", (theirs["id"],)).fetchone()
+        assert row is None
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "update public.jobs set status = 'succeeded' where id = %s",
+        "update public.jobs set priority = 99 where id = %s",
+        "delete from public.jobs where id = %s",
+    ],
+)
+def test_users_cannot_update_or_delete_jobs(conn: Connection, statement: str) -> None:
+    own = insert_as(conn, ALICE)
+    for target in (own["id"], insert_as(conn, BOB)["id"]):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(conn, str(ALICE)):
+            conn.execute(statement, (target,))
+    row = conn.execute("select status, priority from public.jobs where id = %s", (own["id"],))
+    assert row.fetchone() == {"status": "queued", "priority": 0}
+
+
+def test_users_cancel_only_their_own_jobs(conn: Connection) -> None:
+    queue = Queue(FakeClock())
+    own = insert_as(conn, ALICE)
+    theirs = insert_as(conn, BOB)
+    with as_user(conn, str(ALICE)):
+        assert queue.cancel_as_user(conn, own["id"]).status == "cancelled"
+    with pytest.raises(JobNotFound), as_user(conn, str(ALICE)):
+        queue.cancel_as_user(conn, theirs["id"])
+    assert queue.get(conn, theirs["id"]).status == "queued"
+
+
+def test_users_cannot_reach_queue_functions_or_workers(conn: Connection) -> None:
+    job = insert_as(conn, ALICE)
+    attempts = [
+        ("select * from queue.cancel(%s)", (job["id"],)),
+        ("select * from queue.claim(%s)", (uuid.uuid4(),)),
+        ("select * from public.workers", ()),
+        ("select * from admin.queue_depth", ()),
+    ]
+    for query, params in attempts:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(conn, str(ALICE)):
+            conn.execute(query, params)
+
+
+def test_anon_can_do_nothing(conn: Connection) -> None:
+    job = insert_as(conn, ALICE)
+    attempts = [
+        ("select * from public.jobs", ()),
+        ("insert into public.jobs (input_key) values ('inputs/x')", ()),
+        ("select * from public.cancel_job(%s)", (job["id"],)),
+        ("select * from public.workers", ()),
+        ("select * from admin.workers", ()),
+    ]
+    for query, params in attempts:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_anon(conn):
+            conn.execute(query, params)
