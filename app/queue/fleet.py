@@ -1,0 +1,242 @@
+"""The scaler's records: machine run time (spend), scaler runs, backlog and fleet reads.
+
+Wrappers over the scaler.* SQL functions (supabase/migrations/20261122000400_scaler.sql).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg.types.json import Jsonb
+
+from app.db import Connection
+from app.queue.jobs import JobKind, SqlCaller, Worker
+
+# One scaler acts at a time: a session-level advisory lock ("SCAL").
+SCALER_LOCK_KEY = 0x5343414C
+
+
+@dataclass(frozen=True, slots=True)
+class BacklogGroup:
+    """Jobs of one kind and priority: runnable now, waiting for a retry backoff, running."""
+
+    kind: JobKind
+    priority: int
+    queued: int
+    delayed: int
+    running: int
+    oldest_queued_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class SpendSoFar:
+    today_usd: float
+    month_usd: float
+    hourly_usd: float  # machines billed right now
+
+
+@dataclass(frozen=True, slots=True)
+class ScaleHistory:
+    last_scale_up_at: datetime | None
+    last_scale_down_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class MachineRun:
+    id: int
+    provider: str
+    machine_id: str
+    size: str
+    hourly_usd: float
+    started_at: datetime
+    stop_requested_at: datetime | None
+    stopped_at: datetime | None
+    stop_reason: str | None
+    worker_id: UUID | None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> MachineRun:
+        values = {f.name: row[f.name] for f in fields(cls)}
+        values["hourly_usd"] = float(row["hourly_usd"])
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalerRun:
+    id: int
+    started_at: datetime
+    finished_at: datetime
+    provider: str
+    dry_run: bool
+    inputs: dict[str, Any]
+    plan: dict[str, Any]
+    actions: list[dict[str, Any]]
+    errors: list[dict[str, Any]]
+    scaled_up: bool
+    scaled_down: bool
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> ScalerRun:
+        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+
+@dataclass(frozen=True, slots=True)
+class MachineReport:
+    """One machine as the provider reports it, for reconcile_machines."""
+
+    id: str
+    size: str
+    hourly_usd: float
+    billed: bool  # started, starting or stopping: the provider charges for it
+    state_since: datetime | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "size": self.size,
+            "hourly_usd": self.hourly_usd,
+            "billed": self.billed,
+            "state_since": self.state_since.isoformat() if self.state_since else None,
+        }
+
+
+Q_TRY_LOCK = "select pg_try_advisory_lock(%(key)s) as locked"
+Q_UNLOCK = "select pg_advisory_unlock(%(key)s) as unlocked"
+Q_BACKLOG = "select * from scaler.backlog(p_now => %(now)s)"
+Q_FLEET_WORKERS = "select * from scaler.fleet_workers(%(machine_ids)s::text[])"
+Q_SPEND = "select * from scaler.spend(p_now => %(now)s)"
+Q_HISTORY = "select * from scaler.history()"
+Q_MACHINE_STARTED = """
+select * from scaler.machine_started(p_provider => %(provider)s, p_machine_id => %(machine_id)s,
+    p_size => %(size)s, p_hourly_usd => %(hourly_usd)s, p_now => %(now)s)
+"""
+Q_MACHINE_STOP_REQUESTED = """
+select * from scaler.machine_stop_requested(p_provider => %(provider)s,
+    p_machine_id => %(machine_id)s, p_reason => %(reason)s, p_now => %(now)s)
+"""
+Q_RECONCILE_MACHINES = """
+select * from scaler.reconcile_machines(p_provider => %(provider)s, p_machines => %(machines)s,
+    p_now => %(now)s)
+"""
+Q_RECORD_RUN = """
+select * from scaler.record_run(p_provider => %(provider)s, p_started_at => %(started_at)s,
+    p_inputs => %(inputs)s, p_plan => %(plan)s, p_actions => %(actions)s,
+    p_errors => %(errors)s, p_dry_run => %(dry_run)s, p_now => %(now)s)
+"""
+Q_MACHINE_RUNS = """
+select * from scaler.machine_runs where provider = %(provider)s order by started_at, id
+"""
+Q_LAST_RUNS = "select * from scaler.runs order by id desc limit %(limit)s"
+
+
+class FleetQueries(SqlCaller):
+    # --- the lock -------------------------------------------------------------------------
+    def try_scaler_lock(self, conn: Connection) -> bool:
+        """Session-level: hold `conn` open for as long as the run acts."""
+        row = conn.execute(Q_TRY_LOCK, {"key": SCALER_LOCK_KEY}).fetchone()
+        return bool(row and row["locked"])
+
+    def release_scaler_lock(self, conn: Connection) -> None:
+        conn.execute(Q_UNLOCK, {"key": SCALER_LOCK_KEY})
+
+    # --- inputs ---------------------------------------------------------------------------
+    def backlog(self, conn: Connection) -> list[BacklogGroup]:
+        return [BacklogGroup(**row) for row in self._all(conn, Q_BACKLOG, {})]
+
+    def fleet_workers(self, conn: Connection, machine_ids: Sequence[str]) -> dict[str, Worker]:
+        """The newest worker registration of each machine, by machine id."""
+        rows = self._all(conn, Q_FLEET_WORKERS, {"machine_ids": list(machine_ids)})
+        return {row["machine_id"]: Worker.from_row(row) for row in rows}
+
+    def spend(self, conn: Connection) -> SpendSoFar:
+        row = self._one(conn, Q_SPEND, {})
+        assert row is not None
+        return SpendSoFar(
+            today_usd=float(row["today_usd"]),
+            month_usd=float(row["month_usd"]),
+            hourly_usd=float(row["hourly_usd"]),
+        )
+
+    def scale_history(self, conn: Connection) -> ScaleHistory:
+        row = self._one(conn, Q_HISTORY, {})
+        assert row is not None
+        return ScaleHistory(**row)
+
+    # --- records --------------------------------------------------------------------------
+    def machine_started(
+        self, conn: Connection, *, provider: str, machine_id: str, size: str, hourly_usd: float
+    ) -> MachineRun:
+        row = self._one(
+            conn,
+            Q_MACHINE_STARTED,
+            {
+                "provider": provider,
+                "machine_id": machine_id,
+                "size": size,
+                "hourly_usd": hourly_usd,
+            },
+        )
+        assert row is not None
+        return MachineRun.from_row(row)
+
+    def machine_stop_requested(
+        self, conn: Connection, *, provider: str, machine_id: str, reason: str
+    ) -> MachineRun | None:
+        row = self._one(
+            conn,
+            Q_MACHINE_STOP_REQUESTED,
+            {"provider": provider, "machine_id": machine_id, "reason": reason},
+        )
+        return MachineRun.from_row(row) if row else None
+
+    def reconcile_machines(
+        self, conn: Connection, *, provider: str, machines: Sequence[MachineReport]
+    ) -> list[tuple[str, str, datetime]]:
+        """Open runs for billed machines, close runs of stopped or vanished ones; returns the
+        changes as (opened|closed, machine id, at)."""
+        rows = self._all(
+            conn,
+            Q_RECONCILE_MACHINES,
+            {"provider": provider, "machines": Jsonb([m.as_json() for m in machines])},
+        )
+        return [(row["change"], row["machine_id"], row["at"]) for row in rows]
+
+    def record_run(
+        self,
+        conn: Connection,
+        *,
+        provider: str,
+        started_at: datetime,
+        inputs: dict[str, Any],
+        plan: dict[str, Any],
+        actions: list[dict[str, Any]],
+        errors: list[dict[str, Any]],
+        dry_run: bool = False,
+    ) -> ScalerRun:
+        row = self._one(
+            conn,
+            Q_RECORD_RUN,
+            {
+                "provider": provider,
+                "started_at": started_at,
+                "inputs": Jsonb(inputs),
+                "plan": Jsonb(plan),
+                "actions": Jsonb(actions),
+                "errors": Jsonb(errors),
+                "dry_run": dry_run,
+            },
+        )
+        assert row is not None
+        return ScalerRun.from_row(row)
+
+    def machine_runs(self, conn: Connection, provider: str) -> list[MachineRun]:
+        return [
+            MachineRun.from_row(r) for r in self._all(conn, Q_MACHINE_RUNS, {"provider": provider})
+        ]
+
+    def last_scaler_runs(self, conn: Connection, limit: int = 10) -> list[ScalerRun]:
+        return [ScalerRun.from_row(r) for r in self._all(conn, Q_LAST_RUNS, {"limit": limit})]

@@ -1,0 +1,445 @@
+"""The scaling policy: a pure function from what the scaler sees to what it should do.
+
+`plan(backlog, fleet, spend, settings, now)` never does I/O and is deterministic (machines are
+taken in id order), so `scaler plan`, `scaler once` and the simulator all run the same code.
+Every action carries a reason. The rules, in the order they apply:
+
+1. Budgets. When today's (or this month's) spend plus the fleet's rate over one scaler interval
+   reaches the budget, nothing starts, every worker is drained (a running job may finish) and
+   drained idle machines stop.
+2. Ceilings. `max_machines` and `max_hourly_usd` count every billed machine (starting, started,
+   stopping). A start must fit both, and must leave the daily and monthly budgets room for
+   `budget_lookahead` at the new rate. A fleet already over a ceiling is drained back under it.
+3. Scale up: the floor (`min_machines`) always; step rules on the queued backlog (a preview
+   weighs `preview_weight` jobs), queued work with no worker at all, or a preview with no idle
+   worker; not within `scale_up_cooldown` of the last scale-up (the floor ignores the cooldown).
+   A draining worker is taken back before a machine is started, a stopped machine is started
+   before a new one is created.
+4. Scale down, only with nothing runnable queued: workers idle longer than `scale_down_idle` are
+   drained (a draining worker claims nothing), not within `scale_down_cooldown` of the last one;
+   a drained worker's machine is stopped by a later run once its worker is seen idle. A machine
+   whose worker holds a job is never stopped.
+5. Repairs: a machine stuck in a transient state longer than `transient_timeout` is reported
+   and not counted as capacity; one that holds no job (stuck booting, no worker ever registered,
+   worker exited or lost) is stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from app.settings import Settings
+from scaler.model import Action, Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+
+_EPS = 1e-9
+
+
+def hourly_price(settings: Settings, size: str) -> float:
+    """A size's price; an unknown size is priced as the configured machine size."""
+    prices = settings.machine_prices
+    return prices.get(size, prices[settings.machine_size])
+
+
+def fmt_duration(seconds: float) -> str:
+    """90 -> '1m30s', 600 -> '10m', 3900 -> '1h05m'."""
+    whole = max(0, round(seconds))
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s" if whole % 60 else f"{whole // 60}m"
+    return f"{whole // 3600}h{(whole % 3600) // 60:02d}m"
+
+
+def _age(since: datetime | None, now: datetime) -> float:
+    return (now - since).total_seconds() if since is not None else 0.0
+
+
+@dataclass
+class _Slot:
+    """A billed machine and what the policy concluded about it."""
+
+    fm: FleetMachine
+    role: str  # booting | idle | busy | draining_idle | draining_busy | stuck | lost | exited
+    note: str = ""
+
+    @property
+    def machine(self) -> Machine:
+        return self.fm.machine
+
+    @property
+    def holds_job(self) -> bool:
+        worker = self.fm.worker
+        return worker is not None and (worker.current_job_id is not None or worker.state == "busy")
+
+    @property
+    def capacity(self) -> bool:
+        return self.role in ("booting", "idle", "busy")
+
+
+@dataclass
+class _Planner:
+    backlog: Backlog
+    fleet: Fleet
+    spend: Spend
+    settings: Settings
+    now: datetime
+    actions: list[Action] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    slots: list[_Slot] = field(default_factory=list)
+    startable: list[Machine] = field(default_factory=list)
+    stuck: list[str] = field(default_factory=list)
+    stopping: set[str] = field(default_factory=set)
+
+    # --- seeing ---------------------------------------------------------------------------
+    def classify(self) -> None:
+        timeout = self.settings.transient_timeout
+        for fm in self.fleet.sorted():
+            machine, worker = fm.machine, fm.worker
+            if machine.phase == "gone":
+                continue
+            if machine.phase == "down":
+                self.startable.append(machine)
+                continue
+            age = _age(machine.state_since, self.now)
+            if machine.phase == "going_down":
+                if age > timeout:
+                    self.stuck.append(machine.id)
+                    self.notes.append(
+                        f"machine {machine.id} stuck in {machine.state} for {fmt_duration(age)}"
+                    )
+                self.slots.append(_Slot(fm, "going_down"))
+                continue
+            if worker is not None and worker.state == "stopped":
+                exited_before_boot = (
+                    worker.stopped_at is not None
+                    and machine.state_since is not None
+                    and worker.stopped_at < machine.state_since
+                )
+                if not exited_before_boot:
+                    self.slots.append(_Slot(fm, "exited", "its worker exited"))
+                    continue
+                worker = None
+            if worker is None or (
+                machine.phase == "booting" and worker.state not in ("idle", "busy")
+            ):
+                if age > timeout:
+                    what = (
+                        f"stuck in {machine.state}"
+                        if machine.phase == "booting"
+                        else "no worker registered"
+                    )
+                    self.stuck.append(machine.id)
+                    self.notes.append(f"machine {machine.id} {what} for {fmt_duration(age)}")
+                    self.slots.append(_Slot(fm, "stuck", f"{what} for {fmt_duration(age)}"))
+                else:
+                    self.slots.append(_Slot(fm, "booting"))
+                continue
+            silent = _age(worker.last_heartbeat_at, self.now)
+            if worker.state == "lost" or silent > timeout:
+                self.notes.append(
+                    f"machine {machine.id}: worker {worker.id} lost, no heartbeat for "
+                    f"{fmt_duration(silent)}"
+                )
+                self.slots.append(
+                    _Slot(fm, "lost", f"worker lost, no heartbeat for {fmt_duration(silent)}")
+                )
+                continue
+            busy = worker.current_job_id is not None or worker.state == "busy"
+            if worker.draining:
+                self.slots.append(_Slot(fm, "draining_busy" if busy else "draining_idle"))
+            else:
+                self.slots.append(_Slot(fm, "busy" if busy else "idle"))
+
+    @property
+    def capacity(self) -> list[_Slot]:
+        return [s for s in self.slots if s.capacity]
+
+    def hourly(self) -> float:
+        return sum(s.machine.hourly_usd for s in self.slots)
+
+    # --- acting ---------------------------------------------------------------------------
+    def add(self, action: Action) -> None:
+        self.actions.append(action)
+        if action.kind == "stop" and action.machine_id:
+            self.stopping.add(action.machine_id)
+
+    def stop(self, slot: _Slot, reason: str, direction: str) -> None:
+        if slot.holds_job or slot.machine.id in self.stopping:
+            return
+        worker = slot.fm.worker
+        self.add(
+            Action(
+                "stop",
+                reason,
+                "down" if direction == "down" else "repair",
+                machine_id=slot.machine.id,
+                worker_id=worker.id if worker else None,
+                size=slot.machine.size,
+                hourly_usd=slot.machine.hourly_usd,
+            )
+        )
+
+    def drain(self, slot: _Slot, reason: str) -> None:
+        worker = slot.fm.worker
+        assert worker is not None
+        self.add(
+            Action(
+                "drain",
+                reason,
+                "down",
+                machine_id=slot.machine.id,
+                worker_id=worker.id,
+                size=slot.machine.size,
+                hourly_usd=slot.machine.hourly_usd,
+            )
+        )
+        slot.role = "draining_busy" if slot.role == "busy" else "draining_idle"
+
+    def repairs(self) -> None:
+        for slot in self.slots:
+            if slot.role in ("stuck", "lost", "exited"):
+                if (
+                    slot.role == "lost"
+                    and _age(slot.fm.worker.last_heartbeat_at if slot.fm.worker else None, self.now)
+                    <= self.settings.transient_timeout
+                ):
+                    continue  # reaped or slow: give it the transient timeout to come back
+                self.stop(slot, slot.note, "repair")
+
+    def budget_exhausted(self) -> str | None:
+        s, rate_h = self.settings, self.hourly() * self.settings.scaler_interval / 3600
+        if self.spend.today_usd + rate_h >= s.daily_budget_usd:
+            return (
+                f"daily budget reached: ${self.spend.today_usd:.2f} spent of "
+                f"${s.daily_budget_usd:.2f}"
+            )
+        if self.spend.month_usd + rate_h >= s.monthly_budget_usd:
+            return (
+                f"monthly budget reached: ${self.spend.month_usd:.2f} spent of "
+                f"${s.monthly_budget_usd:.2f}"
+            )
+        return None
+
+    def wind_down(self, why: str) -> None:
+        """Budget spent: no starts, drain everyone, stop what holds no job."""
+        for slot in self.slots:
+            if slot.role in ("idle", "busy"):
+                self.drain(slot, f"{why}: draining (a running job may finish)")
+            elif slot.role == "booting":
+                self.stop(slot, f"{why}: stopping a machine that holds no job", "down")
+
+    def shed_excess(self) -> bool:
+        """Bring a fleet that is over max_machines or max_hourly_usd back under them."""
+        s = self.settings
+        staying = [s_ for s_ in self.slots if s_.role in ("booting", "idle", "busy")]
+        staying += [
+            s_
+            for s_ in self.slots
+            if s_.role in ("stuck", "lost", "exited") and s_.machine.id not in self.stopping
+        ]
+        shed = False
+        order = {"booting": 0, "stuck": 0, "exited": 0, "lost": 1, "idle": 2, "busy": 3}
+        for slot in sorted(staying, key=lambda x: (order[x.role], x.machine.id)):
+            count = len(staying)
+            rate = sum(x.machine.hourly_usd for x in staying)
+            if count <= s.max_machines and rate <= s.max_hourly_usd + _EPS:
+                break
+            why = (
+                f"over max_machines ({count} > {s.max_machines})"
+                if count > s.max_machines
+                else f"over max_hourly_usd (${rate:.4f}/h > ${s.max_hourly_usd:.4f}/h)"
+            )
+            if slot.role in ("idle", "busy"):
+                self.drain(slot, f"{why}: draining")
+            elif not slot.holds_job:
+                self.stop(slot, f"{why}: stopping a machine that holds no job", "down")
+            staying.remove(slot)
+            shed = True
+        return shed
+
+    def scale_up(self) -> int:
+        """Returns how many machines were added (undrained, started or created)."""
+        s, backlog = self.settings, self.backlog
+        capacity = len(self.capacity)
+        free = sum(1 for x in self.capacity if x.role in ("idle", "booting"))
+        weighted = backlog.weighted(s.preview_weight)
+        want, reasons = 0, []
+        for threshold, add in s.rules:
+            if weighted > threshold and add >= want:
+                want = add
+                reasons = [
+                    f"backlog {backlog.queued} queued (weighted {weighted:g}) > {threshold}: +{add}"
+                ]
+        if backlog.queued > 0 and capacity == 0 and want < 1:
+            want, reasons = 1, [f"{backlog.queued} queued and no worker"]
+        if backlog.queued_previews > 0 and free == 0 and want < 1:
+            want, reasons = 1, [f"{backlog.queued_previews} preview(s) queued and no idle worker"]
+        if want and self.fleet.last_scale_up_at is not None:
+            left = s.scale_up_cooldown - _age(self.fleet.last_scale_up_at, self.now)
+            if left > 0:
+                self.notes.append(
+                    f"scale-up cooldown: {fmt_duration(left)} left ({'; '.join(reasons)})"
+                )
+                want, reasons = 0, []
+        floor = max(0, s.min_machines - capacity)
+        if floor > want:
+            want, reasons = floor, [f"floor: min_machines {s.min_machines}, capacity {capacity}"]
+        if want <= 0:
+            return 0
+        reason = "; ".join(reasons)
+        added = 0
+        for slot in sorted(
+            (x for x in self.slots if x.role in ("draining_idle", "draining_busy")),
+            key=lambda x: (x.role != "draining_idle", x.machine.id),
+        ):
+            if added == want:
+                break
+            worker = slot.fm.worker
+            assert worker is not None
+            self.add(
+                Action(
+                    "undrain",
+                    f"{reason}: taking back a draining worker",
+                    "up",
+                    machine_id=slot.machine.id,
+                    worker_id=worker.id,
+                    size=slot.machine.size,
+                    hourly_usd=slot.machine.hourly_usd,
+                )
+            )
+            slot.role = "idle" if slot.role == "draining_idle" else "busy"
+            added += 1
+        billed = len(self.slots)
+        rate = self.hourly()
+        candidates = iter(self.startable)
+        create_price = hourly_price(s, self.fleet.create_size)
+        while added < want:
+            machine = next(candidates, None)
+            price = machine.hourly_usd if machine else create_price
+            blocked = self.ceiling(billed, rate, price)
+            if blocked:
+                self.notes.append(f"not starting more ({reason}): {blocked}")
+                break
+            if machine is not None:
+                self.add(
+                    Action(
+                        "start",
+                        f"{reason}: starting a stopped machine",
+                        "up",
+                        machine_id=machine.id,
+                        size=machine.size,
+                        hourly_usd=price,
+                    )
+                )
+            else:
+                self.add(
+                    Action(
+                        "create",
+                        f"{reason}: creating a machine (none stopped)",
+                        "up",
+                        size=self.fleet.create_size,
+                        hourly_usd=price,
+                    )
+                )
+            billed += 1
+            rate += price
+            added += 1
+        return added
+
+    def ceiling(self, billed: int, rate: float, price: float) -> str | None:
+        """Why one more machine at `price` would cross a ceiling, or None."""
+        s = self.settings
+        if billed + 1 > s.max_machines:
+            return f"max_machines {s.max_machines} reached ({billed} billed)"
+        if rate + price > s.max_hourly_usd + _EPS:
+            return (
+                f"max_hourly_usd ${s.max_hourly_usd:.4f}/h: ${rate:.4f}/h now, "
+                f"+${price:.4f}/h would cross it"
+            )
+        ahead_h = s.budget_lookahead / 3600
+        projected = (rate + price) * ahead_h
+        if self.spend.today_usd + projected > s.daily_budget_usd + _EPS:
+            return (
+                f"daily budget ${s.daily_budget_usd:.2f}: ${self.spend.today_usd:.2f} spent, "
+                f"${projected:.2f} more over the next {fmt_duration(s.budget_lookahead)} "
+                "would cross it"
+            )
+        if self.spend.month_usd + projected > s.monthly_budget_usd + _EPS:
+            return (
+                f"monthly budget ${s.monthly_budget_usd:.2f}: ${self.spend.month_usd:.2f} "
+                f"spent, ${projected:.2f} more over the next "
+                f"{fmt_duration(s.budget_lookahead)} would cross it"
+            )
+        return None
+
+    def scale_down(self) -> None:
+        s = self.settings
+        if self.backlog.queued > 0:
+            return
+        idle_long = [
+            x
+            for x in self.slots
+            if x.role == "idle"
+            and x.fm.worker is not None
+            and _age(x.fm.worker.idle_since, self.now) >= s.scale_down_idle
+        ]
+        removable = len(self.capacity) - s.min_machines
+        if not idle_long or removable <= 0:
+            return
+        if self.fleet.last_scale_down_at is not None:
+            left = s.scale_down_cooldown - _age(self.fleet.last_scale_down_at, self.now)
+            if left > 0:
+                self.notes.append(f"scale-down cooldown: {fmt_duration(left)} left")
+                return
+        for slot in idle_long[:removable]:
+            assert slot.fm.worker is not None
+            idle = _age(slot.fm.worker.idle_since, self.now)
+            self.drain(
+                slot,
+                f"idle {fmt_duration(idle)} >= scale_down_idle "
+                f"{fmt_duration(s.scale_down_idle)}: draining, stop once seen idle",
+            )
+
+    def stop_drained(self, reason: str) -> None:
+        """Workers drained by an earlier run and seen idle now: stop their machines. One drained
+        in this run waits for the next, so a claim racing the drain has long committed."""
+        drained_now = {a.machine_id for a in self.actions if a.kind == "drain"}
+        for slot in self.slots:
+            if slot.role == "draining_idle" and slot.machine.id not in drained_now:
+                self.stop(slot, reason, "down")
+
+    # --- the plan -------------------------------------------------------------------------
+    def run(self) -> Plan:
+        self.classify()
+        capacity_before = len(self.capacity)
+        hourly_before = self.hourly()
+        self.repairs()
+        exhausted = self.budget_exhausted()
+        if exhausted:
+            self.notes.append(exhausted)
+            self.wind_down(exhausted)
+        elif not self.shed_excess() and self.scale_up() == 0:
+            self.scale_down()
+        self.stop_drained(f"{exhausted}: drained and idle" if exhausted else "drained and idle")
+        order = {"stop": 0, "drain": 1, "undrain": 2, "start": 3, "create": 4}
+        actions = sorted(self.actions, key=lambda a: (order[a.kind], a.machine_id or ""))
+        target = len(self.capacity) + len([a for a in actions if a.kind in ("start", "create")])
+        return Plan(
+            at=self.now,
+            actions=tuple(actions),
+            notes=tuple(self.notes),
+            billed=len(self.slots),
+            capacity=capacity_before,
+            target=target,
+            hourly_usd=hourly_before,
+            hourly_usd_after=hourly_before
+            + sum(a.hourly_usd for a in actions if a.kind in ("start", "create")),
+            budget_exhausted=exhausted is not None,
+            stuck=tuple(self.stuck),
+        )
+
+
+def plan(backlog: Backlog, fleet: Fleet, spend: Spend, settings: Settings, now: datetime) -> Plan:
+    """What to do now. Pure: same inputs, same plan."""
+    return _Planner(backlog, fleet, spend, settings, now).run()

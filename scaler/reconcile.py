@@ -1,0 +1,362 @@
+"""One scaler run: take the advisory lock, read the inputs, plan, act, record.
+
+`Scaler.run_once()` is what `scaler once` (cron) and each turn of `scaler run` call. A second
+run while one holds the lock returns at once with `acted=False`. `Scaler.preview()` reads the
+same inputs and plans without acting or writing anything (`scaler plan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from app.clock import Clock, SystemClock
+from app.db import Connection, connect
+from app.errors import QueueError
+from app.log import get_logger
+from app.queue import Queue
+from app.queue.fleet import MachineReport
+from app.settings import Settings
+from scaler.model import Action, Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.policy import plan as make_plan
+from scaler.providers.base import Provider, ProviderError
+
+LOCKED_MESSAGE = (
+    "another scaler run holds the lock (Postgres advisory lock): this run did nothing; "
+    "the other one is acting"
+)
+
+
+@dataclass
+class ActionResult:
+    action: Action
+    ok: bool
+    detail: str = ""
+    machine_id: str | None = None  # the created machine's id for a create
+    error_kind: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            **self.action.as_json(),
+            "machine_id": self.machine_id or self.action.machine_id,
+            "ok": self.ok,
+            "detail": self.detail,
+            "error_kind": self.error_kind,
+        }
+
+
+@dataclass
+class Inputs:
+    backlog: Backlog
+    fleet: Fleet
+    spend: Spend
+    now: datetime
+    reaped: int = 0
+    records: list[tuple[str, str, datetime]] = field(default_factory=list)
+
+    def as_json(self, settings: Settings) -> dict[str, Any]:
+        return {
+            "backlog": self.backlog.as_json(self.now),
+            "fleet": {
+                "machines": len(self.fleet.machines),
+                "create_size": self.fleet.create_size,
+                "last_scale_up_at": _iso(self.fleet.last_scale_up_at),
+                "last_scale_down_at": _iso(self.fleet.last_scale_down_at),
+                "list": [_machine_json(fm, self.now) for fm in self.fleet.sorted()],
+            },
+            "spend": {
+                "today_usd": round(self.spend.today_usd, 6),
+                "month_usd": round(self.spend.month_usd, 6),
+                "hourly_usd": round(self.spend.hourly_usd, 6),
+            },
+            "reaped": self.reaped,
+            "records": [
+                {"change": change, "machine_id": mid, "at": at.isoformat()}
+                for change, mid, at in self.records
+            ],
+            "settings": settings_json(settings),
+        }
+
+
+@dataclass
+class RunOutcome:
+    acted: bool
+    message: str
+    plan: Plan | None = None
+    results: list[ActionResult] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    run_id: int | None = None
+
+
+def settings_json(settings: Settings) -> dict[str, Any]:
+    names = (
+        "provider",
+        "min_machines",
+        "max_machines",
+        "max_hourly_usd",
+        "daily_budget_usd",
+        "monthly_budget_usd",
+        "scale_rules",
+        "preview_weight",
+        "scale_down_idle",
+        "scale_up_cooldown",
+        "scale_down_cooldown",
+        "transient_timeout",
+        "machine_size",
+        "budget_lookahead",
+        "scaler_interval",
+    )
+    return {name: getattr(settings, name) for name in names}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _machine_json(fm: FleetMachine, now: datetime) -> dict[str, Any]:
+    m, w = fm.machine, fm.worker
+    return {
+        "id": m.id,
+        "state": m.state,
+        "size": m.size,
+        "hourly_usd": m.hourly_usd,
+        "state_since": _iso(m.state_since),
+        "worker": None
+        if w is None
+        else {
+            "id": str(w.id),
+            "state": w.state,
+            "draining": w.draining,
+            "job_id": str(w.current_job_id) if w.current_job_id else None,
+            "idle_s": round((now - w.idle_since).total_seconds(), 1) if w.idle_since else None,
+            "heartbeat_age_s": round((now - w.last_heartbeat_at).total_seconds(), 1),
+        },
+    }
+
+
+class Scaler:
+    def __init__(
+        self,
+        settings: Settings,
+        provider: Provider,
+        *,
+        database_url: str | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.settings = settings
+        self.provider = provider
+        self.url = database_url or settings.require_database_url()
+        self.clock = clock or SystemClock()
+        self.queue = Queue(self.clock)
+        self.log = get_logger(provider=provider.name)
+
+    # --- inputs ---------------------------------------------------------------------------
+    def gather(self, conn: Connection, machines: list[Machine], *, record: bool) -> Inputs:
+        records: list[tuple[str, str, datetime]] = []
+        if record:
+            records = self.queue.reconcile_machines(
+                conn,
+                provider=self.provider.name,
+                machines=[
+                    MachineReport(m.id, m.size, m.hourly_usd, m.billed, m.state_since)
+                    for m in machines
+                ],
+            )
+        workers = self.queue.fleet_workers(conn, [m.id for m in machines])
+        history = self.queue.scale_history(conn)
+        fleet = Fleet(
+            machines=tuple(FleetMachine(m, workers.get(m.id)) for m in machines),
+            create_size=self.provider.create_size,
+            last_scale_up_at=history.last_scale_up_at,
+            last_scale_down_at=history.last_scale_down_at,
+        )
+        return Inputs(
+            backlog=Backlog(tuple(self.queue.backlog(conn))),
+            fleet=fleet,
+            spend=self.queue.spend(conn),
+            now=self.clock.now(),
+            records=records,
+        )
+
+    def preview(self) -> tuple[Plan, Inputs]:
+        """The plan for now, from the same inputs, acting on nothing and recording nothing."""
+        with connect(self.url, application_name="stemfleet-scaler-plan") as conn:
+            inputs = self.gather(conn, self.provider.list(), record=False)
+        return self._plan(inputs), inputs
+
+    def _plan(self, inputs: Inputs) -> Plan:
+        return make_plan(inputs.backlog, inputs.fleet, inputs.spend, self.settings, inputs.now)
+
+    # --- one run --------------------------------------------------------------------------
+    def run_once(self, *, dry_run: bool = False, wait: float = 0.0) -> RunOutcome:
+        started = self.clock.now()
+        with connect(self.url, application_name="stemfleet-scaler") as conn:
+            if not self.queue.try_scaler_lock(conn):
+                self.log.info("scaler_locked_out")
+                return RunOutcome(acted=False, message=LOCKED_MESSAGE)
+            try:
+                return self._locked_run(conn, started, dry_run=dry_run, wait=wait)
+            finally:
+                self.queue.release_scaler_lock(conn)
+
+    def _locked_run(
+        self, conn: Connection, started: datetime, *, dry_run: bool, wait: float
+    ) -> RunOutcome:
+        errors: list[dict[str, Any]] = []
+        reaped = (
+            0 if dry_run else len(self.queue.reap(conn, backoff_base=self.settings.backoff_base))
+        )
+        try:
+            machines = self.provider.list()
+        except ProviderError as exc:
+            errors.append({"stage": "list", "kind": exc.kind, "error": str(exc)})
+            self.log.error("scaler_list_failed", kind=exc.kind, error=str(exc))
+            run = self.queue.record_run(
+                conn,
+                provider=self.provider.name,
+                started_at=started,
+                inputs={"reaped": reaped, "settings": settings_json(self.settings)},
+                plan={},
+                actions=[],
+                errors=errors,
+                dry_run=dry_run,
+            )
+            return RunOutcome(
+                acted=True,
+                message=f"could not list machines: {exc}",
+                errors=errors,
+                run_id=run.id,
+            )
+        inputs = self.gather(conn, machines, record=not dry_run)
+        inputs.reaped = reaped
+        plan = self._plan(inputs)
+        for machine_id in plan.stuck:
+            self.log.warning("scaler_machine_stuck", machine_id=machine_id)
+        results = [] if dry_run else self.act(conn, plan)
+        for result in results:
+            if not result.ok and result.error_kind:
+                errors.append(
+                    {
+                        "stage": result.action.kind,
+                        "machine_id": result.machine_id or result.action.machine_id,
+                        "kind": result.error_kind,
+                        "error": result.detail,
+                    }
+                )
+        if wait > 0 and results:
+            self.wait_for(results, wait)
+        run = self.queue.record_run(
+            conn,
+            provider=self.provider.name,
+            started_at=started,
+            inputs=inputs.as_json(self.settings),
+            plan=plan.as_json(),
+            actions=[r.as_json() for r in results],
+            errors=errors,
+            dry_run=dry_run,
+        )
+        done = sum(r.ok for r in results)
+        self.log.info(
+            "scaler_run",
+            run_id=run.id,
+            actions=len(results),
+            ok=done,
+            errors=len(errors),
+            queued=inputs.backlog.queued,
+            capacity=plan.capacity,
+            target=plan.target,
+        )
+        return RunOutcome(
+            acted=True,
+            message=f"run {run.id}: {done} of {len(results)} actions done, {len(errors)} errors",
+            plan=plan,
+            results=results,
+            errors=errors,
+            run_id=run.id,
+        )
+
+    # --- acting ---------------------------------------------------------------------------
+    def act(self, conn: Connection, plan: Plan) -> list[ActionResult]:
+        results: list[ActionResult] = []
+        no_capacity: str | None = None
+        for action in plan.actions:
+            if action.kind == "create" and no_capacity:
+                results.append(
+                    ActionResult(
+                        action, False, f"skipped: the provider had no capacity ({no_capacity})"
+                    )
+                )
+                continue
+            try:
+                results.append(self._do(conn, action))
+            except ProviderError as exc:
+                self.log.warning(
+                    "scaler_action_failed",
+                    action=action.kind,
+                    machine_id=action.machine_id,
+                    kind=exc.kind,
+                    error=str(exc),
+                )
+                results.append(ActionResult(action, False, str(exc), error_kind=exc.kind))
+                if action.kind == "create" and exc.kind == "capacity":
+                    no_capacity = str(exc)
+            except QueueError as exc:
+                results.append(ActionResult(action, False, str(exc), error_kind="queue"))
+        return results
+
+    def _do(self, conn: Connection, action: Action) -> ActionResult:
+        name = self.provider.name
+        if action.kind in ("drain", "undrain"):
+            assert action.worker_id is not None
+            worker = self.queue.drain_worker(conn, action.worker_id, action.kind == "drain")
+            return ActionResult(action, True, f"worker {worker.id} draining={worker.draining}")
+        if action.kind == "stop":
+            assert action.machine_id is not None
+            if action.worker_id is not None:
+                worker = self.queue.get_worker(conn, action.worker_id)
+                if worker.current_job_id is not None or worker.state == "busy":
+                    return ActionResult(
+                        action, False, f"not stopped: worker {worker.id} took a job meanwhile"
+                    )
+            self.provider.stop(action.machine_id)
+            self.queue.machine_stop_requested(
+                conn, provider=name, machine_id=action.machine_id, reason=action.reason
+            )
+            return ActionResult(action, True, "stop requested")
+        if action.kind == "start":
+            assert action.machine_id is not None
+            self.provider.start(action.machine_id)
+            self.queue.machine_started(
+                conn,
+                provider=name,
+                machine_id=action.machine_id,
+                size=action.size or self.provider.create_size,
+                hourly_usd=action.hourly_usd,
+            )
+            return ActionResult(action, True, "start requested")
+        machine = self.provider.create()
+        self.queue.machine_started(
+            conn,
+            provider=name,
+            machine_id=machine.id,
+            size=machine.size,
+            hourly_usd=machine.hourly_usd,
+        )
+        return ActionResult(action, True, f"created {machine.id}", machine_id=machine.id)
+
+    def wait_for(self, results: list[ActionResult], timeout: float) -> None:
+        """After acting, wait (bounded) for started / stopped machines to get there; the outcome
+        is added to each result's detail."""
+        for result in results:
+            if not result.ok or result.action.kind not in ("start", "create", "stop"):
+                continue
+            machine_id = result.machine_id or result.action.machine_id
+            assert machine_id is not None
+            state = "stopped" if result.action.kind == "stop" else "started"
+            try:
+                reached = self.provider.wait(machine_id, state, timeout)
+            except ProviderError as exc:
+                result.detail += f"; wait failed: {exc}"
+                continue
+            result.detail += f"; {state}" if reached else f"; not {state} within {timeout:g}s"

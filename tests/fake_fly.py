@@ -1,0 +1,446 @@
+"""A fake Fly Machines API: real HTTP on 127.0.0.1, machine state kept in memory, every request
+checked against the published spec (tests/data/fly-machines-openapi.yaml, a copy of
+shared/reference/fly-machines-openapi.yaml), and faults on demand.
+
+The spec's schemas allow any extra property; the fake is stricter: an object schema that lists
+its properties rejects others, so a misspelt field fails here instead of being ignored by Fly.
+
+Time is a FakeClock; machines move through their states only on `tick()`:
+create -> created -(tick)-> starting -(boot ticks)-> started; stop -> stopping -(tick)-> stopped.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import threading
+from collections import deque
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+from openapi_schema_validator import OAS30Validator
+
+from app.clock import FakeClock
+
+SPEC_PATH = Path(__file__).parent / "data" / "fly-machines-openapi.yaml"
+SHARED_SPEC_PATH = (
+    Path(__file__).resolve().parents[2] / "shared/reference/fly-machines-openapi.yaml"
+)
+API_PREFIX = "/v1"
+
+
+def load_spec() -> dict[str, Any]:
+    spec: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
+    return spec
+
+
+def _strict(node: Any) -> Any:
+    """additionalProperties: false on every object schema that lists its properties."""
+    if isinstance(node, dict):
+        out = {k: _strict(v) for k, v in node.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(node, list):
+        return [_strict(v) for v in node]
+    return node
+
+
+@dataclass
+class Call:
+    method: str
+    path: str
+    operation: str | None
+    query: dict[str, str]
+    body: Any
+    status: int
+
+
+@dataclass
+class Fault:
+    status: int
+    times: int
+    method: str | None = None
+    path: re.Pattern[str] | None = None
+    retry_after: str | None = None
+    body: dict[str, Any] | None = None
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.method is None or self.method == method) and (
+            self.path is None or bool(self.path.search(path))
+        )
+
+
+@dataclass
+class _Operation:
+    method: str
+    template: str
+    regex: re.Pattern[str]
+    op: dict[str, Any]
+
+
+@dataclass
+class _Machine:
+    data: dict[str, Any]
+    boot_left: int = 0
+    stuck: bool = False
+    stop_left: int = 0
+
+
+class FakeFly:
+    def __init__(
+        self,
+        clock: FakeClock,
+        *,
+        app: str = "stemfleet-workers",
+        token: str = "fake-fly-token",
+        boot_ticks: int = 1,
+    ) -> None:
+        self.clock = clock
+        self.app, self.token, self.boot_ticks = app, token, boot_ticks
+        self.spec = load_spec()
+        self.components = _strict(self.spec["components"])
+        self.operations = self._operations()
+        self.machines: dict[str, _Machine] = {}
+        self.calls: list[Call] = []
+        self.violations: list[str] = []
+        self.faults: deque[Fault] = deque()
+        self.capacity_refusals = 0
+        self.next_boot_ticks: deque[int] = deque()
+        self.next_stuck = 0
+        self.list_gate: threading.Event | None = None
+        self.list_entered = threading.Event()
+        self._counter = 0
+        self._lock = threading.RLock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def start(self) -> str:
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                fake._serve(self, "get")
+
+            def do_POST(self) -> None:
+                fake._serve(self, "post")
+
+            def do_DELETE(self) -> None:
+                fake._serve(self, "delete")
+
+            def do_PUT(self) -> None:
+                fake._serve(self, "put")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self.url
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def stop(self) -> None:
+        if self.list_gate is not None:
+            self.list_gate.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # --- faults and time ------------------------------------------------------------------
+    def fail(
+        self,
+        status: int,
+        *,
+        times: int = 1,
+        method: str | None = None,
+        path: str | None = None,
+        retry_after: str | None = None,
+    ) -> None:
+        """The next `times` matching requests answer `status` (with Retry-After if given)."""
+        with self._lock:
+            self.faults.append(
+                Fault(status, times, method, re.compile(path) if path else None, retry_after)
+            )
+
+    def refuse_creates(self, times: int = 1) -> None:
+        """The next creates fail for lack of capacity (412, status insufficient_capacity)."""
+        with self._lock:
+            self.capacity_refusals += times
+
+    def slow_start(self, ticks: int) -> None:
+        """The next machine to start (or be created) takes `ticks` ticks in `starting`."""
+        with self._lock:
+            self.next_boot_ticks.append(ticks)
+
+    def stick_next_start(self, times: int = 1) -> None:
+        """The next machines to start stay in `starting` until stopped."""
+        with self._lock:
+            self.next_stuck += times
+
+    def gate_list(self) -> threading.Event:
+        """Hold every list request until the returned event is set; `list_entered` is set when
+        one arrives."""
+        self.list_gate = threading.Event()
+        return self.list_gate
+
+    def tick(self, n: int = 1) -> None:
+        with self._lock:
+            for _ in range(n):
+                for machine in self.machines.values():
+                    self._advance(machine)
+
+    def add_machine(self, state: str = "stopped", *, worker: bool = True) -> str:
+        """A machine that exists before the test (e.g. left stopped by an earlier deploy)."""
+        with self._lock:
+            machine_id = self._new_id()
+            config = {"image": "registry.fly.io/stemfleet-worker:old", "metadata": {}}
+            if worker:
+                config["metadata"] = {"stemfleet_role": "worker"}
+            self.machines[machine_id] = _Machine(self._machine_json(machine_id, state, config))
+            return machine_id
+
+    def states(self) -> dict[str, str]:
+        with self._lock:
+            return {mid: m.data["state"] for mid, m in sorted(self.machines.items())}
+
+    def count(self, operation: str) -> int:
+        return sum(1 for c in self.calls if c.operation == operation)
+
+    # --- state machine --------------------------------------------------------------------
+    def _new_id(self) -> str:
+        self._counter += 1
+        return f"e2865{self._counter:09x}"
+
+    def _machine_json(self, machine_id: str, state: str, config: dict[str, Any]) -> dict[str, Any]:
+        now = self.clock.now().isoformat().replace("+00:00", "Z")
+        return {
+            "id": machine_id,
+            "name": f"worker-{machine_id[-4:]}",
+            "state": state,
+            "region": "ord",
+            "instance_id": f"01J{machine_id.upper()}",
+            "private_ip": "fdaa:0:1::2",
+            "config": config,
+            "image_ref": {
+                "registry": "registry.fly.io",
+                "repository": "stemfleet-worker",
+                "tag": "test",
+                "digest": "sha256:0",
+                "labels": {},
+            },
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _set_state(self, machine: _Machine, state: str) -> None:
+        machine.data["state"] = state
+        machine.data["updated_at"] = self.clock.now().isoformat().replace("+00:00", "Z")
+
+    def _launch(self, machine: _Machine) -> None:
+        machine.boot_left = (
+            self.next_boot_ticks.popleft() if self.next_boot_ticks else (self.boot_ticks)
+        )
+        machine.stuck = self.next_stuck > 0
+        if machine.stuck:
+            self.next_stuck -= 1
+
+    def _advance(self, machine: _Machine) -> None:
+        state = machine.data["state"]
+        if state == "created":
+            self._set_state(machine, "starting")
+        elif state == "starting" and not machine.stuck:
+            machine.boot_left -= 1
+            if machine.boot_left <= 0:
+                self._set_state(machine, "started")
+        elif state == "stopping":
+            self._set_state(machine, "stopped")
+
+    # --- HTTP -----------------------------------------------------------------------------
+    def _operations(self) -> list[_Operation]:
+        ops = []
+        for template, item in self.spec["paths"].items():
+            pattern = re.sub(r"\{([^}]+)\}", r"(?P<\1>[^/]+)", template)
+            for method, op in item.items():
+                ops.append(_Operation(method, template, re.compile(f"^{pattern}$"), op))
+        return ops
+
+    def _validator(self, schema: dict[str, Any]) -> OAS30Validator:
+        return OAS30Validator({**_strict(schema), "components": self.components})
+
+    def _check(self, schema: dict[str, Any], value: Any, what: str) -> list[str]:
+        return [f"{what}: {e.message}" for e in self._validator(schema).iter_errors(value)]
+
+    def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
+        url = urlsplit(handler.path)
+        query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        length = int(handler.headers.get("Content-Length") or 0)
+        raw = handler.rfile.read(length) if length else b""
+        body: Any = None
+        problems: list[str] = []
+        if raw:
+            try:
+                body = json.loads(raw)
+            except json.JSONDecodeError:
+                problems.append("body is not JSON")
+        status, payload, headers, operation = self._respond(
+            handler, method, url.path, query, body, problems
+        )
+        data = b"" if payload is None else json.dumps(payload).encode()
+        handler.send_response(status)
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        if payload is not None:
+            handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        handler.wfile.write(data)
+        with self._lock:
+            self.calls.append(Call(method.upper(), url.path, operation, query, body, status))
+
+    def _respond(
+        self,
+        handler: BaseHTTPRequestHandler,
+        method: str,
+        path: str,
+        query: dict[str, str],
+        body: Any,
+        problems: list[str],
+    ) -> tuple[int, Any, dict[str, str], str | None]:
+        if handler.headers.get("Authorization") != f"Bearer {self.token}":
+            return 401, {"error": "unauthorized"}, {}, None
+        if not path.startswith(API_PREFIX):
+            self.violations.append(f"{method.upper()} {path}: not under {API_PREFIX}")
+            return 404, {"error": "not found"}, {}, None
+        found = None
+        for op in self.operations:
+            match = op.regex.match(path[len(API_PREFIX) :])
+            if match and op.method == method:
+                found = (op, match.groupdict())
+                break
+        if found is None:
+            self.violations.append(f"{method.upper()} {path}: no such operation in the spec")
+            return 404, {"error": "not found"}, {}, None
+        op, params = found
+        name = op.op["operationId"]
+        problems += self._check_request(op, params, query, body)
+        if problems:
+            self.violations.extend(f"{name}: {p}" for p in problems)
+            return 400, {"error": "; ".join(problems)}, {}, name
+        with self._lock:
+            fault = next((f for f in self.faults if f.matches(method.upper(), path)), None)
+            if fault is not None:
+                fault.times -= 1
+                if fault.times <= 0:
+                    self.faults.remove(fault)
+        if fault is not None:
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            return fault.status, {"error": f"injected fault {fault.status}"}, headers, name
+        if params.get("app_name") != self.app:
+            return 404, {"error": f"app {params.get('app_name')} not found"}, {}, name
+        if name == "Machines_list" and self.list_gate is not None:
+            self.list_entered.set()
+            self.list_gate.wait(30)
+        with self._lock:
+            status, payload = self._operate(name, params, query, body)
+        if status == 200 and payload is not None:
+            schema = op.op["responses"]["200"].get("content", {}).get("application/json", {})
+            if "schema" in schema:
+                self.violations.extend(self._check(schema["schema"], payload, f"{name} response"))
+        return status, payload, {}, name
+
+    def _check_request(
+        self, op: _Operation, params: dict[str, str], query: dict[str, str], body: Any
+    ) -> list[str]:
+        problems = []
+        declared = {p["name"]: p for p in op.op.get("parameters", [])}
+        for key, value in query.items():
+            param = declared.get(key)
+            if param is None or param["in"] != "query":
+                problems.append(f"query parameter {key!r} is not in the spec")
+                continue
+            problems += self._check(param["schema"], _coerce(value, param["schema"]), key)
+        for param in declared.values():
+            if param.get("required") and param["in"] == "query" and param["name"] not in query:
+                problems.append(f"missing required query parameter {param['name']!r}")
+        request = op.op.get("requestBody")
+        if request is None:
+            if body is not None:
+                problems.append("this operation takes no body")
+        elif body is None:
+            if request.get("required"):
+                problems.append("a body is required")
+        else:
+            schema = request["content"]["application/json"]["schema"]
+            problems += self._check(schema, body, "body")
+        return problems
+
+    def _operate(
+        self, name: str, params: dict[str, str], query: dict[str, str], body: Any
+    ) -> tuple[int, Any]:
+        if name == "Machines_list":
+            return 200, [copy.deepcopy(m.data) for _, m in sorted(self.machines.items())]
+        if name == "Machines_create":
+            if self.capacity_refusals > 0:
+                self.capacity_refusals -= 1
+                return 412, {
+                    "error": "insufficient resources to create new machine",
+                    "status": "insufficient_capacity",
+                }
+            machine_id = self._new_id()
+            machine = _Machine(self._machine_json(machine_id, "created", body["config"]))
+            if body.get("region"):
+                machine.data["region"] = body["region"]
+            self._launch(machine)
+            self.machines[machine_id] = machine
+            return 200, copy.deepcopy(machine.data)
+        machine = self.machines.get(params.get("machine_id", ""))
+        if machine is None:
+            return 404, {"error": "machine not found"}
+        state = machine.data["state"]
+        if name == "Machines_show":
+            return 200, copy.deepcopy(machine.data)
+        if name == "Machines_start":
+            if state in ("started", "starting", "created"):
+                return 200, None
+            if state != "stopped":
+                return 412, {"error": f"failed_precondition: machine is {state}"}
+            self._set_state(machine, "starting")
+            self._launch(machine)
+            return 200, None
+        if name == "Machines_stop":
+            if state in ("stopped", "stopping"):
+                return 200, None
+            self._set_state(machine, "stopping")
+            return 200, None
+        if name == "Machines_wait":
+            wanted = query.get("state", "started")
+            if state == wanted:
+                return 200, None
+            # The real API holds the request for `timeout` seconds before giving up.
+            self.clock.advance(float(query.get("timeout", 60)))
+            return 408, {"error": f"deadline_exceeded: machine is {state}, not {wanted}"}
+        return 501, {"error": f"{name} is not implemented by the fake"}
+
+
+def _coerce(value: str, schema: dict[str, Any]) -> Any:
+    kind = schema.get("type")
+    if kind == "integer":
+        try:
+            return int(value)
+        except ValueError:
+            return value
+    if kind == "boolean":
+        return {"true": True, "false": False}.get(value, value)
+    return value

@@ -1,0 +1,141 @@
+"""Builders for the scaler's policy inputs, shared by the scaler tests."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from app.queue import Worker
+from app.settings import Settings, load_settings
+from scaler.model import Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+
+NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
+PRICE = 0.3556  # performance-8x
+
+# A worker machine template as the tests create machines from it (valid per the spec).
+TEMPLATE: dict[str, Any] = {
+    "region": "ord",
+    "config": {
+        "image": "registry.fly.io/stemfleet-worker:test",
+        "guest": {"cpu_kind": "performance", "cpus": 8, "memory_mb": 16384},
+        "env": {"STEMFLEET_MODEL": "htdemucs", "STEMFLEET_WORKER_IDLE_EXIT": "10m"},
+        "restart": {"policy": "no"},
+        "auto_destroy": False,
+        "metadata": {"team": "audio"},
+        "stop_config": {"signal": "SIGTERM", "timeout": "30s"},
+    },
+}
+
+BASE_SETTINGS: dict[str, Any] = {
+    "provider": "fly",
+    "min_machines": 0,
+    "max_machines": 4,
+    "max_hourly_usd": 10.0,
+    "daily_budget_usd": 100.0,
+    "monthly_budget_usd": 1000.0,
+    "scale_rules": "10:1,50:5",
+    "preview_weight": 5.0,
+    "scale_down_idle": 600.0,
+    "scale_up_cooldown": 60.0,
+    "scale_down_cooldown": 120.0,
+    "transient_timeout": 300.0,
+    "machine_size": "performance-8x",
+    "scaler_interval": 30.0,
+    "budget_lookahead": 900.0,
+}
+
+
+def settings(**overrides: Any) -> Settings:
+    return load_settings(**{**BASE_SETTINGS, **overrides})
+
+
+def ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+def machine(
+    machine_id: str,
+    state: str = "started",
+    *,
+    since: float = 3600.0,
+    size: str = "performance-8x",
+    price: float = PRICE,
+) -> Machine:
+    return Machine(machine_id, state, size, price, state_since=ago(since))
+
+
+def worker(
+    machine_id: str,
+    state: str = "idle",
+    *,
+    idle: float = 0.0,
+    draining: bool = False,
+    job: bool = False,
+    heartbeat: float = 5.0,
+    started: float = 3000.0,
+) -> Worker:
+    holds = job or state == "busy"
+    return Worker(
+        id=uuid.uuid5(uuid.NAMESPACE_DNS, machine_id),
+        machine_id=machine_id,
+        provider="fly",
+        gpu=None,
+        region="ord",
+        state=state,  # type: ignore[arg-type]
+        draining=draining,
+        current_job_id=uuid.uuid5(uuid.NAMESPACE_URL, machine_id) if holds else None,
+        started_at=ago(started),
+        last_heartbeat_at=ago(heartbeat),
+        idle_since=None if holds else ago(idle),
+        stopped_at=ago(1.0) if state == "stopped" else None,
+    )
+
+
+def up(machine_id: str, state: str = "idle", **kw: Any) -> FleetMachine:
+    """A started machine with a live worker."""
+    return FleetMachine(machine(machine_id), worker(machine_id, state, **kw))
+
+
+def fleet(
+    *machines: FleetMachine | Machine,
+    last_up: float | None = None,
+    last_down: float | None = None,
+    create_size: str = "performance-8x",
+) -> Fleet:
+    items = tuple(m if isinstance(m, FleetMachine) else FleetMachine(m) for m in machines)
+    return Fleet(
+        items,
+        create_size,
+        last_scale_up_at=ago(last_up) if last_up is not None else None,
+        last_scale_down_at=ago(last_down) if last_down is not None else None,
+    )
+
+
+def spend(today: float = 0.0, month: float | None = None, hourly: float = 0.0) -> Spend:
+    return Spend(today_usd=today, month_usd=today if month is None else month, hourly_usd=hourly)
+
+
+def backlog(separate: int = 0, preview: int = 0, running: int = 0) -> Backlog:
+    return Backlog.of(separate=separate, preview=preview, running=running, oldest=ago(120))
+
+
+def check_plan(result: Plan, the_fleet: Fleet, the_settings: Settings, the_spend: Spend) -> None:
+    """Invariants every plan keeps, whatever its inputs."""
+    by_id = {fm.machine.id: fm for fm in the_fleet.machines}
+    for action in result.actions:
+        assert action.reason.strip(), action
+        if action.kind == "stop":
+            fm = by_id[action.machine_id or ""]
+            w = fm.worker
+            assert w is None or (w.current_job_id is None and w.state != "busy"), action
+    starts = result.starts
+    if starts:
+        billed_after = result.billed + len(starts)
+        assert billed_after <= the_settings.max_machines
+        assert result.hourly_usd_after <= the_settings.max_hourly_usd + 1e-9
+        ahead = result.hourly_usd_after * the_settings.budget_lookahead / 3600
+        assert the_spend.today_usd + ahead <= the_settings.daily_budget_usd + 1e-9
+        assert the_spend.month_usd + ahead <= the_settings.monthly_budget_usd + 1e-9
+        started = [a.machine_id for a in starts if a.machine_id]
+        assert len(started) == len(set(started))

@@ -1,0 +1,160 @@
+"""The local provider end to end: the scaler spawns real `python -m worker` processes that run
+real jobs with the tiny model, then drains and stops them once idle; a stopped machine is
+started again rather than a new one created, and stop is a SIGTERM the worker obeys."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from app.db import Connection
+from app.queue import Queue
+from app.settings import load_settings
+from app.storage import Storage, storage_from_settings
+from scaler.providers.base import ProviderError
+from scaler.providers.local import LocalProvider
+from scaler.reconcile import Scaler
+from tests.audio_fixtures import write_clip
+from tests.scaler_support import settings
+from tests.worker_helpers import libpq_url, submit, wait_for_job
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def storage(s3_env: dict[str, str]) -> Storage:
+    return storage_from_settings(load_settings())
+
+
+@pytest.fixture
+def local(db_url: str, s3_env: dict[str, str], tmp_path: Path) -> Iterator[LocalProvider]:
+    (tmp_path / "tmp").mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEMFLEET_")}
+    env.update(s3_env)
+    env.update(
+        {
+            "TMPDIR": str(tmp_path / "tmp"),
+            "STEMFLEET_MODEL": "demucs_unittest",
+            "STEMFLEET_DEVICE": "cpu",
+            "STEMFLEET_LEASE": "30",
+            "STEMFLEET_HEARTBEAT_INTERVAL": "0.5",
+            "STEMFLEET_POLL_INTERVAL": "0.5",
+            "STEMFLEET_WORKER_IDLE_EXIT": "600",
+            "STEMFLEET_DATA_DIR": str(tmp_path / "data"),
+        }
+    )
+    the_settings = settings(
+        provider="local",
+        database_url=libpq_url(db_url),
+        data_dir=tmp_path / "data",
+        max_machines=2,
+        scale_rules="1:2",
+        scale_down_idle=0,
+        scale_up_cooldown=0,
+        scale_down_cooldown=0,
+        transient_timeout=240,
+    )
+    provider = LocalProvider(the_settings, env=env)
+    yield provider
+    for child in provider._children.values():
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=30)
+
+
+def converge_to_stopped(scaler: Scaler, local: LocalProvider, timeout: float = 180.0) -> list[str]:
+    """Run the scaler until every machine is stopped, waiting (bounded) on the processes in
+    between, then once more to record the stops; returns the kinds of all actions taken."""
+    kinds: list[str] = []
+    deadline = time.monotonic() + timeout
+    while running := [m.id for m in local.list() if m.state != "stopped"]:
+        assert time.monotonic() < deadline, f"still running: {running}"
+        outcome = scaler.run_once()
+        assert outcome.errors == []
+        kinds += [r.action.kind for r in outcome.results if r.ok]
+        for machine_id in running:
+            local.wait(machine_id, "stopped", timeout=2)
+    final = scaler.run_once()  # the next run records the stops
+    assert final.results == [] and final.errors == []
+    return kinds
+
+
+def test_the_local_provider_runs_real_workers_and_stops_them_when_idle(
+    local: LocalProvider, db_url: str, conn: Connection, storage: Storage, tmp_path: Path
+) -> None:
+    scaler = Scaler(local.settings, local, database_url=db_url)
+    jobs = [submit(storage, conn, write_clip(tmp_path / f"song{i}.wav", 1.0)) for i in range(3)]
+
+    first = scaler.run_once()
+    assert [(r.action.kind, r.ok) for r in first.results] == [("create", True)] * 2
+    machines = sorted(r.machine_id for r in first.results if r.machine_id)
+    assert {m.id: m.state for m in local.list()} == dict.fromkeys(machines, "started")
+
+    for job in jobs:
+        wait_for_job(db_url, job.id, lambda j: j.status == "succeeded", timeout=300)
+    workers = conn.execute(
+        "select machine_id, provider from public.workers order by machine_id"
+    ).fetchall()
+    assert {w["machine_id"] for w in workers} <= set(machines)
+    assert {w["provider"] for w in workers} == {"local"}
+
+    # Idle: drained (a draining worker claims nothing and exits), the machines stop.
+    kinds = converge_to_stopped(scaler, local)
+    assert "drain" in kinds and "create" not in kinds and "start" not in kinds
+    assert all(child.returncode == 0 for child in local._children.values())
+    states = conn.execute("select distinct state::text as s from public.workers").fetchall()
+    assert states == [{"s": "stopped"}]
+    runs = Queue().machine_runs(conn, "local")
+    assert sorted(r.machine_id for r in runs) == machines
+    assert all(r.stopped_at is not None for r in runs)
+    priced = conn.execute(
+        "select machine_id from admin.spend_by_job where job_id = any(%s)", ([j.id for j in jobs],)
+    ).fetchall()
+    assert len(priced) == 3 and {p["machine_id"] for p in priced} <= set(machines)
+
+    # A new job: the first stopped machine is started again, not a new one created.
+    late = submit(storage, conn, write_clip(tmp_path / "late.wav", 1.0))
+    again = scaler.run_once()
+    assert [(r.action.kind, r.action.machine_id) for r in again.results] == [("start", machines[0])]
+    wait_for_job(db_url, late.id, lambda j: j.status == "succeeded", timeout=300)
+
+    # Stop is SIGTERM: the idle worker exits 0 and records itself stopped.
+    child = local._children[machines[0]]
+    local.stop(machines[0])
+    assert local.wait(machines[0], "stopped", timeout=60)
+    assert child.returncode == 0
+    last = conn.execute(
+        "select state::text as s from public.workers where machine_id = %s "
+        "order by started_at desc limit 1",
+        (machines[0],),
+    ).fetchone()
+    assert last == {"s": "stopped"}
+
+
+def test_local_machines_survive_the_scaler_process_and_bad_commands_are_named(
+    tmp_path: Path,
+) -> None:
+    the_settings = settings(provider="local", data_dir=tmp_path)
+    sleeper = LocalProvider(
+        the_settings, command=["/bin/sh", "-c", "exec sleep 60"], env={"PATH": "/usr/bin:/bin"}
+    )
+    machine = sleeper.create()
+    assert machine.size == "local" and machine.hourly_usd == 0.0
+    # A new provider object (the next `scaler once`) finds the machine from its state file and
+    # recognises the process as that machine's.
+    later = LocalProvider(the_settings, command=["/bin/false"])
+    assert [(m.id, m.state) for m in later.list()] == [(machine.id, "started")]
+    later.stop(machine.id)
+    assert later.wait(machine.id, "stopped", timeout=30)
+    assert [(m.id, m.state) for m in sleeper.list()] == [(machine.id, "stopped")]
+
+    broken = LocalProvider(the_settings, command=[str(tmp_path / "no-such-worker")])
+    with pytest.raises(ProviderError, match="STEMFLEET_LOCAL_WORKER_COMMAND") as error:
+        broken.create()
+    assert error.value.kind == "spawn_failed"
+    with pytest.raises(ProviderError, match="no local machine"):
+        broken.start("local-missing")
