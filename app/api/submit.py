@@ -1,0 +1,190 @@
+"""Creating a job: idempotency replay, callback vetting, the per-user queue limit, input checks,
+deduplication by content, then queue.enqueue (SQL) on the service connection."""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.api.context import ApiContext
+from app.api.errors import ApiError
+from app.api.intake import Input, copy_limited, inspect_audio, sha256_file, too_large
+from app.api.sniff import EXTENSIONS
+from app.api.ssrf import UnsafeCallbackUrl
+from app.api.views import JobOut, job_view
+from app.errors import ObjectNotFound, StorageKeyError
+from app.log import get_logger
+from app.params import JobParams
+from app.queue import Job, JobKind
+from app.storage import input_key, user_owns_input, validate_key
+
+QUEUE_FULL_RETRY_AFTER = 30  # seconds
+
+
+def _default_params() -> JobParams:
+    return JobParams.model_validate({})
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind = Field("separate", description="separate: whole file; preview: a short clip")
+    params: JobParams = Field(default_factory=_default_params)
+    callback_url: str | None = Field(
+        None,
+        max_length=2048,
+        description="POSTed a signed webhook (Standard Webhooks) on every final status",
+    )
+
+
+class JobCreate(JobSpec):
+    input_key: str = Field(
+        min_length=1, max_length=1024, description="the input_key returned by POST /v1/uploads"
+    )
+
+
+@dataclass(frozen=True)
+class Upload:
+    file: BinaryIO
+    filename: str
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: JobOut
+    created: bool
+    replayed: bool = False
+    deduplicated: bool = False
+
+
+class Submitter:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+        self.log = get_logger()
+
+    def _view(self, job: Job) -> JobOut:
+        return job_view(job, self.ctx.storage, expires=self.ctx.settings.presign_expires)
+
+    def submit(
+        self,
+        user_id: UUID,
+        spec: JobSpec,
+        *,
+        upload: Upload | None = None,
+        key: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Submitted:
+        ctx = self.ctx
+        if idempotency_key is not None:
+            with ctx.user_connection(user_id) as conn:
+                existing = ctx.queue.find_idempotent_mine(conn, idempotency_key)
+            if existing is not None:
+                return Submitted(self._view(existing), created=False, replayed=True)
+        self._check_callback(spec.callback_url)
+        with ctx.user_connection(user_id) as conn:
+            queued = ctx.queue.count_queued_mine(conn)
+        limit = ctx.settings.max_queued_per_user
+        if queued >= limit:
+            raise ApiError(
+                429,
+                "too_many_queued_jobs",
+                f"you already have {queued} queued jobs, the limit is {limit}; wait for some to "
+                "start or cancel some, then retry",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)},
+            )
+        params = spec.params.model_dump(mode="json", exclude_none=True)
+        with tempfile.TemporaryDirectory(prefix="stemfleet-api-") as tmp:
+            source = Path(tmp) / "input"
+            if upload is not None:
+                size, sha256 = copy_limited(upload.file, source, ctx.max_upload_bytes)
+            else:
+                assert key is not None
+                size = self._fetch_input(user_id, key, source)
+                sha256 = sha256_file(source)
+            found = inspect_audio(source, size, sha256, ctx.settings.max_duration)
+            if ctx.settings.dedup_window > 0:
+                with ctx.user_connection(user_id) as conn:
+                    duplicate = ctx.queue.find_duplicate_mine(
+                        conn,
+                        sha256=sha256,
+                        kind=spec.kind,
+                        params=params,
+                        window=ctx.settings.dedup_window,
+                    )
+                if duplicate is not None:
+                    self.log.info(
+                        "job_deduplicated", job_id=str(duplicate.id), user_id=str(user_id)
+                    )
+                    return Submitted(self._view(duplicate), created=False, deduplicated=True)
+            if upload is not None:
+                key = self._store(user_id, upload.filename, found)
+        assert key is not None
+        with ctx.connection() as conn:
+            job, created = ctx.queue.enqueue(
+                conn,
+                user_id=user_id,
+                input_key=key,
+                kind=spec.kind,
+                params=params,
+                input_sha256=found.sha256,
+                duration_s=found.duration_s,
+                callback_url=spec.callback_url,
+                idempotency_key=idempotency_key,
+                max_attempts=ctx.settings.max_attempts,
+            )
+        if created:
+            self.log.info("job_submitted", job_id=str(job.id), user_id=str(user_id), kind=job.kind)
+        return Submitted(self._view(job), created=created, replayed=not created)
+
+    def _check_callback(self, url: str | None) -> None:
+        if url is None:
+            return
+        if self.ctx.webhook_secret is None:
+            raise ApiError(
+                422,
+                "webhooks_disabled",
+                "this server sends no webhooks (the operator set no STEMFLEET_WEBHOOK_SECRET); "
+                "submit without callback_url and follow the job with GET or its event stream",
+            )
+        try:
+            self.ctx.callbacks.check(url)
+        except UnsafeCallbackUrl as exc:
+            raise ApiError(422, "invalid_callback_url", str(exc)) from None
+
+    def _fetch_input(self, user_id: UUID, key: str, dest: Path) -> int:
+        try:
+            validate_key(key)
+        except StorageKeyError as exc:
+            raise ApiError(422, "invalid_input_key", str(exc)) from None
+        if not user_owns_input(user_id, key):
+            raise ApiError(
+                422,
+                "invalid_input_key",
+                f"input_key must be one of your uploads (under inputs/{user_id}/); get one "
+                "from POST /v1/uploads",
+            )
+        storage = self.ctx.storage
+        try:
+            size = storage.size(key)
+            if size > self.ctx.max_upload_bytes:
+                raise too_large(self.ctx.max_upload_bytes)
+            storage.get_file(key, dest)
+        except ObjectNotFound:
+            raise ApiError(
+                422,
+                "input_not_found",
+                f"nothing was uploaded to {key!r}: PUT the file to the upload_url from "
+                "POST /v1/uploads first (it expires), then submit",
+            ) from None
+        return dest.stat().st_size
+
+    def _store(self, user_id: UUID, filename: str, found: Input) -> str:
+        name = filename or f"input.{EXTENSIONS[found.audio_type]}"
+        key = input_key(user_id, name)
+        self.ctx.storage.put_file(key, found.path, content_type=found.content_type)
+        return key

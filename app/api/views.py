@@ -1,0 +1,139 @@
+"""The JSON shapes the API answers with (also the webhook payload's `data`)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, Field
+
+from app.queue import Job
+from app.storage import Storage
+
+
+class StemFile(BaseModel):
+    key: str = Field(description="object key in storage")
+    url: str = Field(description="presigned download URL, valid for `url_expires_in` seconds")
+
+
+class JobOut(BaseModel):
+    id: UUID
+    kind: Literal["separate", "preview"]
+    status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: float = Field(description="0..1 while running; 1 once succeeded")
+    queue_position: int | None = Field(
+        None, description="1 = next to run; only while queued, only on GET /v1/jobs/{id}"
+    )
+    params: dict[str, Any]
+    input_key: str
+    input_sha256: str | None
+    duration_s: float | None = Field(description="seconds of input audio")
+    error: str | None
+    error_kind: str | None
+    attempts: int
+    max_attempts: int
+    callback_url: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    timings: dict[str, Any] = Field(
+        description="worker-reported phase timings plus wait_s (queued) and run_s (running)"
+    )
+    output: dict[str, Any] | None
+    stems: dict[str, StemFile] | None = Field(
+        None, description="stem name -> download, once succeeded"
+    )
+    url_expires_in: float | None = None
+
+
+class JobList(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="pass as `cursor` for the next (older) page")
+
+
+def stem_keys(output: dict[str, Any] | None) -> dict[str, str]:
+    """Stem name -> object key from jobs.output: {"stems": {name: key | {"key": ...}}}, or
+    the same mapping at the top level."""
+    if not output:
+        return {}
+    stems = output.get("stems", output)
+    found: dict[str, str] = {}
+    if isinstance(stems, dict):
+        items = list(stems.items())
+    elif isinstance(stems, list):
+        items = [(str(s.get("name") or s.get("stem")), s) for s in stems if isinstance(s, dict)]
+    else:
+        return {}
+    for name, value in items:
+        key = value.get("key") if isinstance(value, dict) else value
+        if isinstance(key, str) and key.startswith("outputs/"):
+            found[str(name)] = key
+    return found
+
+
+def job_view(
+    job: Job,
+    storage: Storage | None = None,
+    *,
+    expires: float = 3600.0,
+    position: int | None = None,
+) -> JobOut:
+    timings = dict(job.timings)
+    if job.started_at:
+        timings["wait_s"] = (job.started_at - job.created_at).total_seconds()
+        if job.finished_at:
+            timings["run_s"] = (job.finished_at - job.started_at).total_seconds()
+    stems = None
+    if job.status == "succeeded" and storage is not None:
+        stems = {
+            name: StemFile(key=key, url=storage.presign_get(key, expires))
+            for name, key in stem_keys(job.output).items()
+        }
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        status=job.status,
+        progress=job.progress,
+        queue_position=position if job.status == "queued" else None,
+        params=job.params,
+        input_key=job.input_key,
+        input_sha256=job.input_sha256,
+        duration_s=job.duration_s,
+        error=job.error,
+        error_kind=job.error_kind,
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        callback_url=job.callback_url,
+        idempotency_key=job.idempotency_key,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        updated_at=job.updated_at,
+        timings=timings,
+        output=job.output,
+        stems=stems,
+        url_expires_in=expires if stems else None,
+    )
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        created, _, job_id = raw.partition("|")
+        return datetime.fromisoformat(created), UUID(job_id)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor("cursor is not one this API returned: use next_cursor as given") from None
