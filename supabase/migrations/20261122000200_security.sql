@@ -6,14 +6,32 @@
 --                  queued / running job through public.cancel_job()
 --   service_role   everything (bypasses RLS); the API, workers and scaler connect as it
 
--- Users may not forge queue-owned columns: whatever they send, these are reset.
+-- Users may not forge queue-owned columns: whatever they send, these are reset. And a job must
+-- name one of the user's own uploads (inputs/<their id>/...): otherwise a user could point a job
+-- at somebody else's input and read its stems from their own job's outputs. The API applies the
+-- same rule (app.storage.user_owns_input); service connections are not restricted here.
 -- SECURITY DEFINER so it may call queue.* (users have no usage on that schema); the caller's role
 -- is read from the `role` setting, which SET ROLE (as PostgREST does) sets and a definer keeps.
 create function queue.user_insert_guard() returns trigger
 language plpgsql security definer set search_path = '' as $$
+declare
+    v_user text := auth.uid()::text;
 begin
     if current_setting('role') not in ('anon', 'authenticated') then
         return new;
+    end if;
+    if v_user is null
+       or new.input_key is null
+       or pg_catalog.split_part(new.input_key, '/', 1) <> 'inputs'
+       or pg_catalog.split_part(new.input_key, '/', 2) <> v_user
+       or pg_catalog.split_part(new.input_key, '/', 3) = ''
+       or new.input_key ~ '(^|/)\.{1,2}(/|$)' then
+        raise exception 'input_key % is not one of your uploads',
+              pg_catalog.quote_literal(new.input_key)
+              using errcode = '42501',
+                    hint = pg_catalog.format(
+                        'upload the file under inputs/%s/ first (Supabase Storage, bucket '
+                        'stemfleet), or get an upload URL from POST /v1/uploads', v_user);
     end if;
     new.user_id := auth.uid();
     new.status := 'queued';
