@@ -129,11 +129,26 @@ begin
 end;
 $$;
 
+-- After a job ends the worker stays 'busy' on a job it still holds (it claims the next job while
+-- the model finishes the current one, and uploads the last job's stems while the next one runs)
+-- and goes 'idle' only after its last one: the scaler stops idle workers.
 create function queue.worker_after_job(p_worker_id uuid, p_now timestamptz) returns void
 language sql as $$
-    update public.workers
-       set state = 'idle', current_job_id = null, idle_since = p_now, last_heartbeat_at = p_now
-     where id = p_worker_id and state = 'busy';
+    with still_held as (
+        select (select j.id
+                  from public.jobs j
+                 where j.worker_id = p_worker_id and j.status = 'running'
+                 order by j.started_at desc, j.id
+                 limit 1) as job_id
+    )
+    update public.workers w
+       set state = case when h.job_id is null then 'idle'::public.worker_state
+                        else 'busy'::public.worker_state end,
+           current_job_id = h.job_id,
+           idle_since = case when h.job_id is null then p_now else null end,
+           last_heartbeat_at = p_now
+      from still_held h
+     where w.id = p_worker_id and w.state = 'busy';
 $$;
 
 -- ---------------------------------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""`stemfleet worker` and `python -m worker`: run the worker loop until stopped or idle.
+
+Exit status 0 on every orderly end (SIGINT/SIGTERM, idle exit, drained by the scaler), so a
+machine whose restart policy is `no` stops for good; 1 when it cannot start (database, model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from app.errors import StemfleetError
+from app.settings import Settings, load_settings, parse_duration
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--once", action="store_true", help="process at most one job, then exit (for cron/tests)"
+    )
+    parser.add_argument("--model", help="Demucs model name (default: STEMFLEET_MODEL)")
+    parser.add_argument(
+        "--model-repo", help="local folder of Demucs weights (default: STEMFLEET_MODEL_REPO)"
+    )
+    parser.add_argument(
+        "--device",
+        choices=["auto", "cuda", "mps", "cpu"],
+        help="where the model runs (default: STEMFLEET_DEVICE, auto-detected)",
+    )
+    parser.add_argument(
+        "--machine-id", help="id registered in `workers` (default: FLY_MACHINE_ID or host name)"
+    )
+    parser.add_argument(
+        "--idle-exit",
+        type=parse_duration,
+        metavar="DURATION",
+        help="exit 0 after this long without work, 0 = never (default: STEMFLEET_WORKER_IDLE_EXIT)",
+    )
+    parser.add_argument(
+        "--shutdown-grace",
+        type=parse_duration,
+        metavar="DURATION",
+        help="on SIGTERM, finish the running job if it ends within this; else release it",
+    )
+    parser.add_argument(
+        "--no-prefetch",
+        action="store_true",
+        help="do not claim/download the next job while the model runs the current one",
+    )
+
+
+def register(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run a worker: claim queued jobs and separate them with Demucs",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=run_worker)
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    overrides = {
+        "model": args.model,
+        "model_repo": args.model_repo,
+        "device": args.device,
+        "machine_id": args.machine_id,
+        "worker_idle_exit": args.idle_exit,
+        "shutdown_grace": args.shutdown_grace,
+    }
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    from app.log import configure
+    from worker.loop import Worker
+    from worker.runtime import SignalRelay
+
+    settings = settings_for(args)
+    configure(settings.log_level, settings.log_json)
+    worker = Worker(settings, prefetch=not args.no_prefetch)
+
+    def on_signal(signum: int) -> None:
+        worker.log.info("signal_received", signal=signal.Signals(signum).name)
+        worker.request_stop()
+
+    with SignalRelay(on_signal):
+        try:
+            worker.start()
+        except psycopg.OperationalError as exc:
+            print(f"stemfleet worker: cannot reach the database: {exc}", file=sys.stderr)
+            return 1
+        if args.once:
+            try:
+                worker.run_once()
+            finally:
+                worker.close()
+        else:
+            worker.run()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m worker",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_worker(args)
+    except StemfleetError as exc:
+        print(f"stemfleet worker: error: {exc}", file=sys.stderr)
+        return 2
