@@ -13,5 +13,8 @@ lint: install
 test: lint
 	.venv/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
+demo: install
+	./scripts/demo.sh
+
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache

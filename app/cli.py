@@ -55,6 +55,9 @@ def _register_core(sub: Any) -> None:
     db_sub.add_parser("status", help="list migrations and whether each is applied").set_defaults(
         handler=_db_status
     )
+    from app.commands import register as register_commands  # up, separate, process, jobs...
+
+    register_commands(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:

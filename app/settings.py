@@ -122,6 +122,9 @@ class Settings(BaseSettings):
     fly_app: str | None = None
     fly_region: str | None = None
     machine_template: Path | None = None  # default: deploy/worker-machine.json
+    budget_lookahead: Duration = 900.0  # a start must fit the budgets this long at the new rate
+    local_worker_command: str = ""  # local provider's worker; default: <this python> -m worker
+    fly_max_retries: int = Field(5, ge=0, le=20)  # on 429 and 5xx, with backoff and jitter
 
     # --- API ------------------------------------------------------------------------------
     api_host: str = "127.0.0.1"
@@ -140,6 +143,17 @@ class Settings(BaseSettings):
     callback_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
     webhook_secret: str | None = None  # "whsec_<base64>" per Standard Webhooks
     webhook_max_age: Duration = 2 * 3600.0
+    webhook_retry_base: Duration = 10.0  # first retry delay; doubles per attempt (max 1h)
+    webhook_timeout: Duration = 10.0  # per delivery attempt
+    webhook_poll_interval: Duration = 5.0  # dispatcher fallback poll (it also LISTENs)
+    sse_keepalive: Duration = 15.0  # comment line sent on an idle event stream
+    scaler_run_timeout: Duration = 120.0  # POST /v1/admin/scaler/run
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # or ["*"]
+
+    # --- CLI and embedded default -----------------------------------------------------------
+    api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system
+    api_token: str | None = None  # bearer token for api_url
+    profiles_file: Path | None = None  # `stemfleet process`; default ./stemfleet.yaml
 
     @field_validator("database_url")
     @classmethod
@@ -148,7 +162,7 @@ class Settings(BaseSettings):
             raise ValueError("must start with postgresql:// (a libpq connection URL)")
         return value
 
-    @field_validator("callback_allowlist", mode="before")
+    @field_validator("callback_allowlist", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.strip().startswith("["):

@@ -8,6 +8,8 @@ Time comes from the injected clock (None in production: the database's now()).
 
 from __future__ import annotations
 
+from app.queue.api import ApiQueries
+from app.queue.fleet import FleetQueries
 from app.queue.jobs import (
     EVENTS_CHANNEL,
     FINAL_STATUSES,
@@ -21,9 +23,11 @@ from app.queue.jobs import (
     Worker,
     queue_errors,
 )
+from app.queue.profiles import ProfileQueries
+from app.queue.webhooks import WebhookQueries
 
 
-class Queue(JobQueries):
+class Queue(JobQueries, ApiQueries, WebhookQueries, FleetQueries, ProfileQueries):
     """All SQL-function wrappers, one object."""
 
 
