@@ -249,6 +249,18 @@ def test_same_bytes_within_the_window_are_deduplicated(client: TestClient) -> No
     assert submit(client, data).status_code == 202
 
 
+def test_jobs_record_the_fleet_model_and_dedup_respects_it(db_url: str, tmp_path: Path) -> None:
+    data = audio_bytes("WAV", 1.0)
+    with api_client(api_settings(db_url, tmp_path, model="htdemucs")) as (client, _app):
+        first = submit(client, data).json()
+        assert first["params"]["model"] == "htdemucs"
+    # the fleet's default model changed: the same bytes are another job
+    with api_client(api_settings(db_url, tmp_path, model="htdemucs_ft")) as (client, _app):
+        again = submit(client, data)
+        assert again.status_code == 202 and again.json()["id"] != first["id"]
+        assert again.json()["params"]["model"] == "htdemucs_ft"
+
+
 def test_dedup_window_zero_turns_it_off(db_url: str, tmp_path: Path) -> None:
     with api_client(api_settings(db_url, tmp_path, dedup_window=0)) as (client, _app):
         data = audio_bytes("WAV", 1.0)

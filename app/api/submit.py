@@ -97,7 +97,10 @@ class Submitter:
                 "start or cancel some, then retry",
                 headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)},
             )
-        params = spec.params.model_dump(mode="json", exclude_none=True)
+        # The fleet's default model is written into the job, so a job records what it ran with
+        # and dedup never matches a job separated by another model.
+        chosen = spec.params.model_copy(update={"model": spec.params.model or ctx.settings.model})
+        params = chosen.model_dump(mode="json", exclude_none=True)
         with tempfile.TemporaryDirectory(prefix="stemfleet-api-") as tmp:
             source = Path(tmp) / "input"
             if upload is not None:
