@@ -133,8 +133,9 @@ def write_empty(path: Path) -> Path:
 
 
 def work_dir_is_clean(tmp_path: Path) -> bool:
+    """No job file left (the worker's own scratch folder lives until it closes)."""
     work = tmp_path / "work"
-    return not work.exists() or not any(work.iterdir())
+    return not work.exists() or not any(p.is_file() for p in work.rglob("*"))
 
 
 # --- end to end ---------------------------------------------------------------------------------
@@ -377,6 +378,8 @@ def test_cancel_while_running_stops_the_work_and_leaves_it_cancelled(
     other = submit(storage, conn, write_clip(tmp_path / "next.wav", 1.0))
     after = worker.run_once()
     assert after is not None and (after.job_id, after.status) == (other.id, "succeeded")
+    worker.close()
+    assert not any((tmp_path / "work").iterdir()), "the worker's scratch folder is left"
 
 
 def test_lost_lease_is_abandoned_without_overwriting(

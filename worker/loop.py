@@ -164,6 +164,7 @@ class Worker:
         self.identity = identity or detect_identity(settings)
         self.prefetch = prefetch
         self.work_dir = work_dir
+        self._scratch_dir: Path | None = None
         self.worker_id: UUID | None = None
         self.draining = False
         self.stats: Counter[str] = Counter()
@@ -235,6 +236,16 @@ class Worker:
             device=str(self.separator.device),
         )
 
+    def _scratch(self) -> Path:
+        """This worker's own folder for inputs and stems (created on a job's first write),
+        removed whole by close(): whatever path a job ended on (cancel, release, a stop
+        mid-upload), nothing is left behind."""
+        if self._scratch_dir is None:
+            assert self.worker_id is not None
+            base = self.work_dir or Path(tempfile.gettempdir())
+            self._scratch_dir = base / f"stemfleet-worker-{self.worker_id.hex}"
+        return self._scratch_dir
+
     def close(self) -> None:
         """Hand back every job still held, mark the worker stopped, close connections."""
         if self._pool is None:
@@ -259,6 +270,9 @@ class Worker:
                 self.log.warning("worker_stopped_not_recorded", error=str(exc))
         self._pool.close()
         self._pool = None
+        if self._scratch_dir is not None:
+            shutil.rmtree(self._scratch_dir, ignore_errors=True)
+            self._scratch_dir = None
         self.log.info("worker_closed", **dict(self.stats))
 
     def __enter__(self) -> Worker:
@@ -413,8 +427,7 @@ class Worker:
         if not jobs:
             return None
         job = jobs[0]
-        base = self.work_dir or Path(tempfile.gettempdir())
-        workdir = base / f"stemfleet-{job.id}-{job.attempts}-{self.worker_id.hex[:8]}"
+        workdir = self._scratch() / f"{job.id}-{job.attempts}"
         held = self._keeper.hold(job, workdir)
         self.log.info(
             "job_claimed",
