@@ -1,0 +1,196 @@
+"""The separator equals Demucs' own apply_model, batches, cancels, and loads models by name."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+from audio_fixtures import (
+    one_torch_thread,
+    small_htdemucs_kwargs,
+    tone,
+    write_random_htdemucs_repo,
+)
+from demucs.apply import apply_model
+
+from app.errors import PermanentJobError
+from app.params import JobParams
+from app.settings import load_settings
+from worker.separation import JobCancelled, ModelUnavailable, Separator, normalisation
+
+pytestmark = pytest.mark.slow
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
+
+
+@pytest.fixture(scope="module")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder: `tiny_htdemucs` (one random HTDemucs) and `tiny_bag` (two, weighted)."""
+    repo = tmp_path_factory.mktemp("models")
+    write_random_htdemucs_repo(repo, name="tiny_htdemucs")
+    write_random_htdemucs_repo(
+        repo, name="tiny_bag", models=2, weights=[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]
+    )
+    return repo
+
+
+def _separator(model: str, repo: Path | None = None, batch_size: int = 3) -> Separator:
+    return Separator(
+        load_settings(model=model, model_repo=repo, device="cpu", batch_size=batch_size)
+    )
+
+
+@pytest.fixture(scope="module")
+def unittest_separator() -> Separator:
+    return _separator("demucs_unittest")
+
+
+def _apply_model_reference(
+    separator: Separator,
+    wav: torch.Tensor,
+    params: JobParams,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[torch.Tensor, Callable[[int, int], int]]:
+    """Demucs' own path (demucs.api.Separator.separate_tensor's arithmetic); also returns a
+    randint that replays apply_model's shift offsets in order."""
+    drawn: list[int] = []
+    real_randint = random.randint
+
+    def record(a: int, b: int) -> int:
+        value = real_randint(a, b)
+        drawn.append(value)
+        return value
+
+    monkeypatch.setattr(random, "randint", record)
+    mean, std = normalisation(wav)
+    out = apply_model(
+        separator.loaded.model,
+        ((wav - mean) / std)[None],
+        shifts=params.shifts,
+        split=True,
+        overlap=params.overlap,
+        segment=params.segment,
+    )
+    replay = iter(drawn)
+    return out[0] * std + mean, lambda a, b: next(replay)
+
+
+@pytest.mark.parametrize(
+    ("model", "seconds", "params"),
+    [
+        ("demucs_unittest", 2.1, JobParams(shifts=0, segment=0.8)),
+        ("demucs_unittest", 2.1, JobParams(shifts=1, segment=0.8, overlap=0.4)),
+        ("tiny_htdemucs", 3.3, JobParams(shifts=0)),
+        ("tiny_htdemucs", 3.3, JobParams(shifts=1)),
+        ("tiny_bag", 2.3, JobParams(shifts=1, segment=1.5, overlap=0.5)),
+    ],
+    ids=["unittest-shifts0", "unittest-shifts1", "htdemucs-shifts0", "htdemucs-shifts1", "bag"],
+)
+def test_equals_demucs_apply_model(
+    model: str,
+    seconds: float,
+    params: JobParams,
+    model_repo: Path,
+    unittest_separator: Separator,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    separator = unittest_separator if model == "demucs_unittest" else _separator(model, model_repo)
+    wav = torch.from_numpy(tone(seconds))
+    reference, replay = _apply_model_reference(separator, wav, params, monkeypatch)
+    monkeypatch.setattr(random, "randint", replay)
+
+    stems = separator.separate(wav, params)
+
+    assert list(stems) == separator.sources == ["drums", "bass", "other", "vocals"]
+    for index, source in enumerate(separator.sources):
+        assert stems[source].shape == wav.shape
+        assert (stems[source] - reference[index]).abs().max().item() <= 1e-5, source
+
+
+def test_progress_after_each_batch_and_cancel_between_batches(
+    unittest_separator: Separator,
+) -> None:
+    wav = torch.from_numpy(tone(2.0))
+    params = JobParams(shifts=0, segment=0.6, overlap=0.0)  # 4 segments, batches of <= 3
+    seen: list[float] = []
+    unittest_separator.separate(wav, params, progress=seen.append)
+    assert seen == sorted(seen)
+    assert 0 < seen[0] < 1
+    assert seen[-1] == 1.0
+
+    checks: list[int] = []
+
+    def stop_after_first_batch() -> bool:
+        checks.append(1)
+        return len(checks) > 1
+
+    with pytest.raises(JobCancelled):
+        unittest_separator.separate(wav, params, should_stop=stop_after_first_batch)
+    assert len(checks) == 2
+
+
+def test_a_job_may_ask_for_another_model_which_stays_cached(model_repo: Path) -> None:
+    separator = _separator("demucs_unittest", model_repo)
+    wav = torch.from_numpy(tone(2.5))
+    first = separator.model_for("tiny_htdemucs")
+    stems = separator.separate(wav, JobParams(model="tiny_htdemucs", shifts=0))
+    assert stems["vocals"].shape == wav.shape
+    assert separator.model_for("tiny_htdemucs") is first
+    assert separator.model_for(None) is separator.loaded
+    assert separator.model_name == "demucs_unittest"
+
+
+def test_unknown_model_in_a_local_folder_lists_what_is_there(model_repo: Path) -> None:
+    separator = _separator("demucs_unittest", model_repo)
+    with pytest.raises(PermanentJobError) as info:
+        separator.model_for("htdemucs_ft")
+    assert info.value.kind == "invalid_params"
+    assert "tiny_htdemucs" in str(info.value)
+    assert "STEMFLEET_MODEL_REPO" in str(info.value)
+
+
+def test_a_model_that_cannot_be_downloaded_says_how_to_use_a_local_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an air-gapped machine: the hub refuses at once, Demucs' legacy URL has nobody listening
+    import demucs.pretrained
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(demucs.pretrained, "ROOT_URL", "http://127.0.0.1:9/")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(ModelUnavailable) as info:
+        _separator("htdemucs")
+    assert "STEMFLEET_MODEL_REPO" in str(info.value)
+    assert info.value.retryable
+
+
+def test_params_the_model_cannot_honour(model_repo: Path) -> None:
+    separator = _separator("tiny_htdemucs", model_repo)
+    wav = torch.from_numpy(tone(1.0))
+    with pytest.raises(PermanentJobError, match="no stem 'guitar'") as info:
+        separator.separate(wav, JobParams(stems=["guitar"]))
+    assert info.value.kind == "invalid_params"
+    limit = float(small_htdemucs_kwargs()["segment"])
+    with pytest.raises(PermanentJobError, match="segment 5 s is longer") as info:
+        separator.separate(wav, JobParams(segment=5.0))
+    assert info.value.kind == "invalid_params"
+    assert f"{limit:.2f} s" in str(info.value)
+
+
+def test_bf16_on_cpu_stays_close_to_fp32(model_repo: Path) -> None:
+    wav = torch.from_numpy(tone(2.0))
+    params = JobParams(shifts=0)
+    exact = _separator("tiny_htdemucs", model_repo).separate(wav, params)
+    reduced = Separator(
+        load_settings(model="tiny_htdemucs", model_repo=model_repo, device="cpu", precision="bf16")
+    ).separate(wav, params)
+    for source in exact:
+        assert reduced[source].dtype == torch.float32
+        # bf16 autocast: measured relative L2 error 0.3-0.8 %, max abs difference ~2e-4
+        error = (reduced[source] - exact[source]).norm() / exact[source].norm()
+        assert error.item() < 0.02
+        assert (reduced[source] - exact[source]).abs().max().item() < 1e-3

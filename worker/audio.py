@@ -1,0 +1,418 @@
+"""Audio in and out: probe, decode (whole or streamed in blocks) and encode stems.
+
+Decoders, in order:
+1. soundfile (libsndfile 1.2): wav, flac, ogg vorbis / opus, mp3, aiff. Sample exact: it trims
+   mp3 encoder delay and padding (LAME gapless tag) and the opus pre-skip, so stems line up with
+   the original to the sample.
+2. sphn, Demucs 4.1's own decoder: everything symphonia reads (m4a/aac, ...).
+3. ffmpeg, only if it is installed (the core never needs it).
+
+Everything is converted to the model's channels and sample rate the way Demucs does it
+(`demucs.audio.convert_audio`: channel rule, then `julius.resample_frac`). The streamed variant
+resamples block by block with the same kernel and gives the same samples as a whole-file pass.
+
+Encoders (all streamed, so an hour of audio never sits in memory as one array):
+- wav: int16 / int24 / float32 (soundfile)
+- flac: int16 / int24 (soundfile)
+- mp3: constant bitrate through libsndfile's LAME, which writes the gapless tag, so decoders
+  give back exactly the encoded number of frames
+- opus: Ogg Opus through libsndfile. Opus only runs at 48 kHz: stems are resampled to 48 kHz
+  (julius, as above) before encoding, so an opus stem has round(T * 48000 / samplerate) frames.
+Values are written as the model produced them for float32 wav; every other format stores or
+plays integers, so samples are clamped to [-1, 1] there (never rescaled).
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import julius
+import numpy as np
+import soundfile as sf
+import sphn
+import torch
+from demucs.audio import convert_audio_channels
+
+from app.errors import PermanentJobError
+from app.params import JobParams
+
+ACCEPTED_FORMATS = (
+    "wav, flac, mp3, ogg (vorbis or opus), aiff, m4a/aac (and any format ffmpeg reads when it "
+    "is installed on the worker)"
+)
+OPUS_SAMPLERATE = 48000
+BLOCK_FRAMES = 1 << 18  # frames read or written per step when streaming
+
+_SUBTYPES = {"int16": "PCM_16", "int24": "PCM_24", "float32": "FLOAT"}
+
+
+class _Source:
+    """An opened input file: native sample rate and channels, blocks of float32 [C, n]."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.samplerate = 0
+        self.channels = 0
+        self.frames = 0
+        self.backend = ""
+        errors: list[str] = []
+        for backend in (self._open_soundfile, self._open_sphn, self._open_ffmpeg):
+            try:
+                if backend():
+                    return
+            except Exception as exc:  # every decoder reports bad input its own way
+                errors.append(f"{backend.__name__.removeprefix('_open_')}: {exc}")
+        raise PermanentJobError(
+            f"could not decode {path.name!r}: it is not audio we can read, or it is corrupt "
+            f"({'; '.join(errors) or 'no decoder accepted it'}). Accepted formats: "
+            f"{ACCEPTED_FORMATS}.",
+            kind="undecodable",
+        )
+
+    def _open_soundfile(self) -> bool:
+        with sf.SoundFile(str(self.path)) as handle:
+            self.samplerate, self.channels, self.frames = (
+                handle.samplerate,
+                handle.channels,
+                handle.frames,
+            )
+            if self.frames > 0:  # the first block must decode too, or the file is corrupt
+                handle.read(min(self.frames, 4096), dtype="float32")
+        self.backend = "soundfile"
+        return True
+
+    def _open_sphn(self) -> bool:
+        duration = sphn.durations([str(self.path)])[0]
+        if duration is None:
+            raise ValueError("unreadable")
+        reader = sphn.FileReader(str(self.path))
+        self.samplerate, self.channels = int(reader.sample_rate), int(reader.channels)
+        self.frames = round(float(duration) * self.samplerate)
+        self.backend = "sphn"
+        return True
+
+    def _open_ffmpeg(self) -> bool:
+        if shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None:
+            return False
+        from demucs.audio import AudioFile
+
+        audio = AudioFile(self.path)
+        self.samplerate, self.channels = audio.samplerate(), audio.channels()
+        self.frames = round(audio.duration * self.samplerate)
+        self.backend = "ffmpeg"
+        return True
+
+    @property
+    def duration(self) -> float:
+        return self.frames / self.samplerate if self.samplerate else 0.0
+
+    def blocks(
+        self, start: int = 0, frames: int | None = None, block: int = BLOCK_FRAMES
+    ) -> Iterator[np.ndarray]:
+        """Yield float32 [C, n] blocks from frame `start`, `frames` at most (None: to the end)."""
+        try:
+            if self.backend == "soundfile":
+                yield from self._soundfile_blocks(start, frames, block)
+            else:
+                yield self._whole(start, frames)
+        except PermanentJobError:
+            raise
+        except Exception as exc:
+            raise PermanentJobError(
+                f"could not decode {self.path.name!r}: the file is corrupt or truncated "
+                f"({exc}). Accepted formats: {ACCEPTED_FORMATS}.",
+                kind="undecodable",
+            ) from None
+
+    def _soundfile_blocks(self, start: int, frames: int | None, block: int) -> Iterator[np.ndarray]:
+        left = frames if frames is not None else -1
+        with sf.SoundFile(str(self.path)) as handle:
+            if start:
+                handle.seek(start)
+            while left != 0:
+                count = block if left < 0 else min(block, left)
+                data = handle.read(count, dtype="float32", always_2d=True)
+                if len(data) == 0:
+                    return
+                if left > 0:
+                    left -= len(data)
+                yield np.ascontiguousarray(data.T)
+
+    def _whole(self, start: int, frames: int | None) -> np.ndarray:
+        if self.backend == "sphn":
+            start_sec = start / self.samplerate
+            duration_sec = None if frames is None else frames / self.samplerate
+            data, _ = sphn.read(str(self.path), start_sec=start_sec, duration_sec=duration_sec)
+            data = np.asarray(data, dtype=np.float32)
+        else:
+            from demucs.audio import AudioFile
+
+            seek = start / self.samplerate if start else None
+            duration = None if frames is None else frames / self.samplerate
+            data = AudioFile(self.path).read(seek_time=seek, duration=duration, streams=0).numpy()
+        if data.ndim == 1:
+            data = data[None]
+        return data if frames is None else data[:, :frames]
+
+
+class StreamResampler:
+    """`julius.resample_frac` applied block by block with the same result as one whole pass.
+
+    julius pads the signal by replicating its edges, then convolves with a stride of `old`
+    (after dividing both rates by their gcd): output frame j reads input [j*old - W, j*old +
+    old + W). We keep the padded stream and emit every frame whose window is complete.
+    """
+
+    def __init__(self, old_sr: int, new_sr: int) -> None:
+        self.identity = old_sr == new_sr
+        self.resample = julius.ResampleFrac(old_sr, new_sr)
+        self.old, self.new = self.resample.old_sr, self.resample.new_sr
+        self.width = 0 if self.identity else int(self.resample._width)
+        self.buffer: torch.Tensor | None = None  # padded stream not consumed yet
+        self.seen = 0  # input frames pushed
+        self.emitted = 0  # output frames returned
+
+    def push(self, x: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return x
+        if x.shape[-1] == 0:
+            return x[..., :0]
+        if self.buffer is None:
+            self.buffer = torch.cat([x[..., :1].expand(*x.shape[:-1], self.width), x], dim=-1)
+        else:
+            self.buffer = torch.cat([self.buffer, x], dim=-1)
+        self.seen += x.shape[-1]
+        out = self._frames()
+        self.emitted += out.shape[-1]
+        return out
+
+    def finish(self) -> torch.Tensor:
+        """The last frames, once the input has ended (replicate padding on the right)."""
+        if self.identity or self.buffer is None:
+            return torch.zeros(0)
+        last = self.buffer[..., -1:]
+        self.buffer = torch.cat(
+            [self.buffer, last.expand(*last.shape[:-1], self.width + self.old)], dim=-1
+        )
+        total = int(self.new * self.seen / self.old)  # julius' default (floored) length
+        out = self._frames()[..., : max(0, total - self.emitted)]
+        self.emitted += out.shape[-1]
+        return out
+
+    def _frames(self) -> torch.Tensor:
+        assert self.buffer is not None
+        kernel = 2 * self.width + self.old
+        count = (self.buffer.shape[-1] - kernel) // self.old + 1
+        if count <= 0:
+            return self.buffer[..., :0]
+        used = (count - 1) * self.old + kernel
+        shape = self.buffer.shape[:-1]
+        flat = self.buffer[..., :used].reshape(-1, 1, used)
+        kernel_weights: torch.Tensor = self.resample.kernel  # type: ignore[assignment]
+        ys = torch.nn.functional.conv1d(flat, kernel_weights, stride=self.old)
+        self.buffer = self.buffer[..., count * self.old :]
+        return ys.transpose(1, 2).reshape(*shape, -1)
+
+
+def _open(path: Path) -> _Source:
+    if not path.is_file():
+        raise PermanentJobError(f"input file {path.name!r} does not exist", kind="undecodable")
+    if path.stat().st_size == 0:
+        raise PermanentJobError(
+            f"{path.name!r} is empty (0 bytes): upload the audio file again", kind="empty"
+        )
+    return _Source(path)
+
+
+def _format_seconds(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def check_duration(name: str, seconds: float, max_seconds: float | None) -> None:
+    """Raise PermanentJobError "empty" or "too_long" for `seconds` of audio."""
+    if seconds <= 0:
+        raise PermanentJobError(f"{name!r} contains no audio (0 samples)", kind="empty")
+    if max_seconds is not None and max_seconds > 0 and seconds > max_seconds:
+        raise PermanentJobError(
+            f"{name!r} is {_format_seconds(seconds)} long ({seconds:.1f} s); the limit is "
+            f"{_format_seconds(max_seconds)} ({max_seconds:.0f} s). Send a shorter file or a "
+            "preview, or raise STEMFLEET_MAX_DURATION on the workers.",
+            kind="too_long",
+        )
+
+
+def probe_duration(path: Path) -> float:
+    """Duration in seconds, from the container's header (no full decode)."""
+    source = _open(path)
+    return source.duration
+
+
+def _span(source: _Source, start: float, duration: float | None) -> tuple[int, int]:
+    first = min(source.frames, max(0, round(start * source.samplerate)))
+    frames = source.frames - first
+    if duration is not None:
+        frames = min(frames, round(duration * source.samplerate))
+    return first, frames
+
+
+def iter_decode(
+    path: Path,
+    *,
+    samplerate: int,
+    channels: int,
+    max_seconds: float | None = None,
+    start: float = 0.0,
+    duration: float | None = None,
+    block_frames: int = BLOCK_FRAMES,
+) -> Iterator[torch.Tensor]:
+    """Stream `path` as float32 [channels, n] blocks at `samplerate`.
+
+    The concatenated blocks equal `decode(...)` with the same arguments. `max_seconds` applies to
+    the span decoded (from `start`, `duration` long), so a preview of a long file is allowed.
+    """
+    source = _open(path)
+    first, frames = _span(source, start, duration)
+    check_duration(path.name, frames / source.samplerate if source.samplerate else 0, max_seconds)
+    resampler = StreamResampler(source.samplerate, samplerate)
+    produced = 0
+    for block in source.blocks(first, frames, block_frames):
+        wav = convert_audio_channels(torch.from_numpy(block), channels)
+        out = resampler.push(wav)
+        produced += out.shape[-1]
+        if out.shape[-1]:
+            yield out.contiguous()
+    tail = resampler.finish()
+    produced += tail.shape[-1]
+    if tail.numel():
+        yield tail.contiguous()
+    if produced == 0:
+        raise PermanentJobError(f"{path.name!r} contains no audio (0 samples)", kind="empty")
+
+
+def decode(
+    path: Path,
+    *,
+    samplerate: int,
+    channels: int,
+    max_seconds: float | None = None,
+    start: float = 0.0,
+    duration: float | None = None,
+) -> torch.Tensor:
+    """Decode `path` to a float32 [channels, T] tensor at `samplerate`.
+
+    Raises PermanentJobError: "undecodable" (not audio, corrupt), "empty" (no samples),
+    "too_long" (the decoded span is over `max_seconds`).
+    """
+    source = _open(path)
+    first, frames = _span(source, start, duration)
+    check_duration(path.name, frames / source.samplerate if source.samplerate else 0, max_seconds)
+    blocks = [torch.from_numpy(b) for b in source.blocks(first, frames)]
+    if not blocks or sum(b.shape[-1] for b in blocks) == 0:
+        raise PermanentJobError(f"{path.name!r} contains no audio (0 samples)", kind="empty")
+    wav = torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]
+    wav = convert_audio_channels(wav, channels)
+    if source.samplerate != samplerate:
+        wav = julius.resample_frac(wav, source.samplerate, samplerate)
+    return wav.contiguous()
+
+
+def _opus_level(bitrate_kbps: int, channels: int) -> float:
+    # libsndfile maps compression level 0..1 linearly to 256..6 kbit/s per channel.
+    per_channel = bitrate_kbps * 1000 / channels
+    return min(1.0, max(0.0, (256000 - per_channel) / 250000))
+
+
+def _mp3_level(bitrate_kbps: int) -> float:
+    # libsndfile maps compression level 0..1 linearly to 320..32 kbit/s (constant bitrate);
+    # LAME then picks the nearest MPEG bitrate. Level 1.0 is refused, 0.999 gives 32 kbit/s.
+    return min(0.999, max(0.0, (320 - bitrate_kbps) / (320 - 32)))
+
+
+class StemWriter:
+    """Streams one stem to `path` in the format of `params`; write [C, n] float blocks."""
+
+    def __init__(self, path: Path, samplerate: int, channels: int, params: JobParams) -> None:
+        self.path = path
+        self.format = params.format
+        self.clamp = not (params.format == "wav" and params.sample_format == "float32")
+        self.resampler: StreamResampler | None = None
+        kwargs: dict[str, Any] = {"samplerate": samplerate, "channels": channels}
+        bitrate = params.effective_bitrate
+        if params.format in ("wav", "flac"):
+            kwargs.update(format=params.format.upper(), subtype=_SUBTYPES[params.sample_format])
+        elif params.format == "mp3":
+            assert bitrate is not None
+            kwargs.update(
+                format="MP3",
+                subtype="MPEG_LAYER_III",
+                compression_level=_mp3_level(bitrate),
+                bitrate_mode="CONSTANT",
+            )
+        else:
+            assert bitrate is not None
+            if samplerate != OPUS_SAMPLERATE:
+                self.resampler = StreamResampler(samplerate, OPUS_SAMPLERATE)
+            kwargs.update(
+                samplerate=OPUS_SAMPLERATE,
+                format="OGG",
+                subtype="OPUS",
+                compression_level=_opus_level(bitrate, channels),
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = sf.SoundFile(str(path), "w", **kwargs)
+
+    def write(self, block: torch.Tensor) -> None:
+        if self.resampler is not None:
+            block = self.resampler.push(block.detach().float().cpu())
+        self._write(block)
+
+    def _write(self, block: torch.Tensor) -> None:
+        if block.numel() == 0:
+            return
+        data = block.detach().float().cpu()
+        if self.clamp:
+            data = data.clamp(-1.0, 1.0)
+        self._file.write(data.t().contiguous().numpy())
+
+    def close(self) -> None:
+        if self._file.closed:
+            return
+        if self.resampler is not None:
+            self._write(self.resampler.finish())
+        self._file.close()
+
+    def abort(self) -> None:
+        """Close and delete a half-written file."""
+        if not self._file.closed:
+            self._file.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> StemWriter:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def encode(wav: torch.Tensor, samplerate: int, path: Path, params: JobParams) -> None:
+    """Write the float [C, T] `wav` to `path` in `params.format` (see the module docstring:
+    opus is resampled to 48 kHz; integer formats, mp3 and opus are clamped to [-1, 1])."""
+    if wav.dim() != 2:
+        raise ValueError(f"encode expects a [channels, time] tensor, got shape {tuple(wav.shape)}")
+    with StemWriter(path, samplerate, wav.shape[0], params) as writer:
+        for offset in range(0, wav.shape[-1], BLOCK_FRAMES):
+            writer.write(wav[:, offset : offset + BLOCK_FRAMES])

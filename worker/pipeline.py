@@ -1,0 +1,270 @@
+"""One input file to stem files: decode -> separate -> encode.
+
+Inputs up to IN_MEMORY_SECONDS are decoded into memory and separated with
+`Separator.separate`. Longer ones stream, so host memory stays bounded whatever the length:
+the decoded mix goes block by block to a float32 file next to the outputs (the normalisation
+statistics are summed on the way), the separator reads its segments' windows from that file,
+and each finished output block goes straight to the stem encoders. Both paths run the same
+separation engine, so the stems are identical either way.
+
+Stem files are written as `.{stem}.{ext}.part` and renamed when complete, so a job that runs
+twice (after a lost lease) never leaves a half-written stem under the final name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import torch
+
+from app.params import JobParams
+from worker.audio import (
+    BLOCK_FRAMES,
+    OPUS_SAMPLERATE,
+    StemWriter,
+    check_duration,
+    decode,
+    iter_decode,
+    probe_duration,
+)
+from worker.separation import (
+    JobCancelled,
+    LoadedModel,
+    MixReader,
+    ProgressFn,
+    Separator,
+    StopFn,
+)
+
+IN_MEMORY_SECONDS = 600.0
+
+
+@dataclass
+class SeparationResult:
+    stems: dict[str, Path]  # output name -> file, e.g. {"vocals": .../vocals.wav}
+    duration_s: float  # seconds of audio separated (the preview length for previews)
+    samplerate: int  # of the stem files (48000 for opus)
+    channels: int
+    timings: dict[str, float] = field(default_factory=dict)  # seconds: decode, separate, encode
+
+
+def output_plan(sources: list[str], params: JobParams) -> list[tuple[str, list[int]]]:
+    """Each output stem with the model sources summed into it, in output order."""
+    if params.two_stems is not None:
+        index = sources.index(params.two_stems)
+        others = [i for i in range(len(sources)) if i != index]
+        return [(params.two_stems, [index]), (f"no_{params.two_stems}", others)]
+    names = params.stems or sources
+    return [(name, [sources.index(name)]) for name in names]
+
+
+def _mix_sources(block: torch.Tensor, indices: list[int]) -> torch.Tensor:
+    """Sum of the sources `indices` of a [S, C, n] block (Demucs' `--two-stems` rule)."""
+    if len(indices) == 1:
+        return block[indices[0]]
+    total = torch.zeros_like(block[0])
+    for index in indices:
+        total += block[index]
+    return total
+
+
+class _Outputs:
+    """Streaming writers for every output stem, renamed into place on success."""
+
+    def __init__(
+        self,
+        stack: ExitStack,
+        out_dir: Path,
+        plan: list[tuple[str, list[int]]],
+        samplerate: int,
+        channels: int,
+        params: JobParams,
+    ) -> None:
+        self.plan = plan
+        self.final = {name: out_dir / f"{name}.{params.extension}" for name, _ in plan}
+        self.writers = {
+            name: stack.enter_context(
+                StemWriter(
+                    out_dir / f".{name}.{params.extension}.part", samplerate, channels, params
+                )
+            )
+            for name, _ in plan
+        }
+        self.seconds = 0.0
+
+    def write(self, block: torch.Tensor) -> None:
+        started = time.perf_counter()
+        for name, indices in self.plan:
+            self.writers[name].write(_mix_sources(block, indices))
+        self.seconds += time.perf_counter() - started
+
+    def commit(self) -> dict[str, Path]:
+        started = time.perf_counter()
+        for name, writer in self.writers.items():
+            writer.close()
+            os.replace(writer.path, self.final[name])
+        self.seconds += time.perf_counter() - started
+        return dict(self.final)
+
+
+def _file_reader(handle: BinaryIO, channels: int, length: int) -> MixReader:
+    """A MixReader over an interleaved float32 [T, C] file (plain reads: no memory map, so
+    the pages stay in the page cache and out of the process' resident memory)."""
+
+    def read(start: int, count: int) -> torch.Tensor:
+        out = torch.zeros(channels, count)
+        lo, hi = max(0, start), min(length, start + count)
+        if lo < hi:
+            handle.seek(lo * channels * 4)
+            data = np.fromfile(handle, dtype=np.float32, count=(hi - lo) * channels)
+            out[:, lo - start : hi - start] = torch.from_numpy(data.reshape(-1, channels).T)
+        return out
+
+    return read
+
+
+def separate_file(
+    separator: Separator,
+    input_path: Path,
+    out_dir: Path,
+    params: JobParams,
+    *,
+    preview_seconds: float | None = None,
+    max_seconds: float | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    stream_over_seconds: float = IN_MEMORY_SECONDS,
+) -> SeparationResult:
+    """Separate `input_path` into `out_dir/{stem}.{ext}` for the stems `params` asks for.
+
+    `preview_seconds`: only the first N seconds. `max_seconds`: longest audio accepted (applies
+    to what is separated, so a preview of a long file passes). Raises PermanentJobError
+    (undecodable / empty / too_long / invalid_params) and JobCancelled. Audio longer than
+    `stream_over_seconds` streams through a temporary file in `out_dir` (see the module doc).
+    """
+    loaded = separator.model_for(params.model)
+    separator.check_params(loaded, params)
+    seconds = probe_duration(input_path)
+    if preview_seconds is not None:
+        seconds = min(seconds, preview_seconds)
+    check_duration(input_path.name, seconds, max_seconds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plan = output_plan(loaded.sources, params)
+    run = _separate_in_memory if seconds <= stream_over_seconds else _separate_streamed
+    stems, frames, timings = run(
+        separator, loaded, input_path, out_dir, params, plan, preview_seconds, max_seconds,
+        progress, should_stop,
+    )  # fmt: skip
+    return SeparationResult(
+        stems=stems,
+        duration_s=frames / loaded.samplerate,
+        samplerate=OPUS_SAMPLERATE if params.format == "opus" else loaded.samplerate,
+        channels=loaded.audio_channels,
+        timings=timings,
+    )
+
+
+_Run = tuple[dict[str, Path], int, dict[str, float]]
+
+
+def _separate_in_memory(
+    separator: Separator,
+    loaded: LoadedModel,
+    input_path: Path,
+    out_dir: Path,
+    params: JobParams,
+    plan: list[tuple[str, list[int]]],
+    preview_seconds: float | None,
+    max_seconds: float | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> _Run:
+    started = time.perf_counter()
+    wav = decode(
+        input_path,
+        samplerate=loaded.samplerate,
+        channels=loaded.audio_channels,
+        max_seconds=max_seconds,
+        duration=preview_seconds,
+    )
+    decoded = time.perf_counter()
+    stems = separator.separate(wav, params, progress=progress, should_stop=should_stop)
+    separated = time.perf_counter()
+    with ExitStack() as stack:
+        outputs = _Outputs(stack, out_dir, plan, loaded.samplerate, loaded.audio_channels, params)
+        for start in range(0, wav.shape[-1], BLOCK_FRAMES):
+            end = start + BLOCK_FRAMES
+            outputs.write(torch.stack([stems[name][..., start:end] for name in loaded.sources]))
+        files = outputs.commit()
+    timings = {
+        "decode": decoded - started,
+        "separate": separated - decoded,
+        "encode": time.perf_counter() - separated,
+    }
+    return files, wav.shape[-1], timings
+
+
+def _separate_streamed(
+    separator: Separator,
+    loaded: LoadedModel,
+    input_path: Path,
+    out_dir: Path,
+    params: JobParams,
+    plan: list[tuple[str, list[int]]],
+    preview_seconds: float | None,
+    max_seconds: float | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> _Run:
+    channels = loaded.audio_channels
+    with tempfile.TemporaryDirectory(prefix=".stemfleet-", dir=out_dir) as tmp:
+        mix_path = Path(tmp) / "mix.f32"
+        started = time.perf_counter()
+        frames, total, squares = 0, 0.0, 0.0
+        with mix_path.open("wb") as handle:
+            for block in iter_decode(
+                input_path,
+                samplerate=loaded.samplerate,
+                channels=channels,
+                max_seconds=max_seconds,
+                duration=preview_seconds,
+            ):
+                handle.write(block.t().contiguous().numpy().tobytes())
+                ref = block.double().mean(0)
+                total += float(ref.sum())
+                squares += float((ref * ref).sum())
+                frames += block.shape[-1]
+                if should_stop is not None and should_stop():
+                    raise JobCancelled("the job was cancelled; decoding stopped")
+        mean = total / frames
+        variance = max(0.0, (squares - frames * mean * mean) / max(1, frames - 1))
+        decoded = time.perf_counter()
+        with ExitStack() as stack, mix_path.open("rb") as handle:
+            outputs = _Outputs(stack, out_dir, plan, loaded.samplerate, channels, params)
+            separator.run(
+                loaded,
+                length=frames,
+                read_mix=_file_reader(handle, channels, frames),
+                mean=torch.tensor(mean, dtype=torch.float32),
+                std=torch.tensor(math.sqrt(variance) + 1e-8, dtype=torch.float32),
+                params=params,
+                sink=outputs.write,
+                progress=progress,
+                should_stop=should_stop,
+            )
+            files = outputs.commit()
+        finished = time.perf_counter()
+    timings = {
+        "decode": decoded - started,
+        "separate": finished - decoded - outputs.seconds,
+        "encode": outputs.seconds,
+    }
+    return files, frames, timings
