@@ -79,6 +79,21 @@ def write_clip(
     return path
 
 
+def write_m4a(path: Path, seconds: float, samplerate: int = 44100) -> Path:
+    """`seconds` of stereo `tone()` as AAC in an MP4 container (what phones and iTunes make),
+    encoded with PyAV's bundled FFmpeg. AAC adds up to one frame (1024) of priming and padding."""
+    import av
+
+    data = np.ascontiguousarray(tone(seconds, samplerate, 2), dtype=np.float32)
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=samplerate, layout="stereo")
+        frame = av.AudioFrame.from_ndarray(data, format="fltp", layout="stereo")
+        frame.sample_rate = samplerate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            container.mux(packet)
+    return path
+
+
 def write_corrupt(path: Path) -> Path:
     """A FLAC stream header followed by garbage frames: looks like audio, does not decode."""
     buffer = io.BytesIO()

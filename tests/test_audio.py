@@ -12,6 +12,7 @@ from audio_fixtures import (
     tone,
     write_clip,
     write_corrupt,
+    write_m4a,
     write_not_audio,
     write_silent_wav,
 )
@@ -42,6 +43,18 @@ def test_decode_each_format_to_model_rate_and_channels(
         assert np.abs(wav.numpy() - tone(2.0)).max() < 1e-4
     else:  # lossy: the signal is still there
         assert float(wav.std()) == pytest.approx(float(tone(2.0).std()), rel=0.1)
+
+
+def test_decode_m4a_aac_without_an_ffmpeg_binary(tmp_path: Path) -> None:
+    clip = write_m4a(tmp_path / "phone-memo.m4a", 2.0)
+    assert probe_duration(clip) == pytest.approx(2.0, abs=2048 / SR)
+    wav = decode(clip, samplerate=SR, channels=2)
+    assert abs(wav.shape[-1] - 2 * SR) <= 2048  # AAC priming / padding, at most 2 frames
+    assert float(wav.std()) == pytest.approx(float(tone(2.0).std()), rel=0.1)
+    streamed = list(iter_decode(clip, samplerate=SR, channels=2, block_frames=10_000))
+    assert torch.equal(torch.cat(streamed, dim=-1), wav)
+    half = decode(clip, samplerate=SR, channels=2, start=0.5, duration=1.0)
+    assert half.shape == (2, SR)
 
 
 def test_streamed_decode_equals_whole_decode_with_resampling(tmp_path: Path) -> None:

@@ -4,8 +4,10 @@ Decoders, in order:
 1. soundfile (libsndfile 1.2): wav, flac, ogg vorbis / opus, mp3, aiff. Sample exact: it trims
    mp3 encoder delay and padding (LAME gapless tag) and the opus pre-skip, so stems line up with
    the original to the sample.
-2. sphn, Demucs 4.1's own decoder: everything symphonia reads (m4a/aac, ...).
-3. ffmpeg, only if it is installed (the core never needs it).
+2. sphn, Demucs 4.1's own decoder: everything symphonia reads.
+3. PyAV (FFmpeg's libraries bundled in its wheel): m4a/aac (symphonia rejects many real m4a
+   files) and other containers, with no ffmpeg binary on the machine.
+4. the ffmpeg command, only if it is installed (the core never needs it).
 
 Everything is converted to the model's channels and sample rate the way Demucs does it
 (`demucs.audio.convert_audio`: channel rule, then `julius.resample_frac`). The streamed variant
@@ -60,7 +62,7 @@ class _Source:
         self.frames = 0
         self.backend = ""
         errors: list[str] = []
-        for backend in (self._open_soundfile, self._open_sphn, self._open_ffmpeg):
+        for backend in (self._open_soundfile, self._open_sphn, self._open_av, self._open_ffmpeg):
             try:
                 if backend():
                     return
@@ -95,6 +97,28 @@ class _Source:
         self.backend = "sphn"
         return True
 
+    def _open_av(self) -> bool:
+        """PyAV (FFmpeg's libraries, bundled in its wheel): m4a/aac and other containers the two
+        above do not read, without an ffmpeg binary on the machine."""
+        import av
+
+        with av.open(str(self.path)) as container:
+            if not container.streams.audio:
+                raise ValueError("no audio stream")
+            stream = container.streams.audio[0]
+            if stream.duration is not None and stream.time_base is not None:
+                seconds = float(stream.duration * stream.time_base)
+            elif container.duration is not None:
+                seconds = container.duration / av.time_base
+            else:
+                raise ValueError("the container does not say how long it is")
+            next(iter(container.decode(stream)))  # the first frame must decode too
+            self.samplerate = int(stream.codec_context.sample_rate)
+            self.channels = int(stream.codec_context.channels)
+        self.frames = round(seconds * self.samplerate)
+        self.backend = "av"
+        return True
+
     def _open_ffmpeg(self) -> bool:
         if shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None:
             return False
@@ -117,6 +141,8 @@ class _Source:
         try:
             if self.backend == "soundfile":
                 yield from self._soundfile_blocks(start, frames, block)
+            elif self.backend == "av":
+                yield from self._av_blocks(start, frames, block)
             else:
                 yield self._whole(start, frames)
         except PermanentJobError:
@@ -141,6 +167,37 @@ class _Source:
                 if left > 0:
                     left -= len(data)
                 yield np.ascontiguousarray(data.T)
+
+    def _av_blocks(self, start: int, frames: int | None, block: int) -> Iterator[np.ndarray]:
+        import av
+
+        skip, left = start, frames if frames is not None else -1
+        pending: list[np.ndarray] = []
+        held = 0
+        with av.open(str(self.path)) as container:
+            stream = container.streams.audio[0]
+            to_float = av.AudioResampler(format="fltp", rate=self.samplerate)
+            for packet_frame in container.decode(stream):
+                for frame in to_float.resample(packet_frame):
+                    data = frame.to_ndarray().astype(np.float32, copy=False)
+                    if skip:
+                        cut = min(skip, data.shape[1])
+                        data, skip = data[:, cut:], skip - cut
+                    if left >= 0:
+                        data = data[:, :left]
+                        left -= data.shape[1]
+                    pending.append(data)
+                    held += data.shape[1]
+                    if held >= block:
+                        merged = np.concatenate(pending, axis=1)
+                        whole = (held // block) * block
+                        for offset in range(0, whole, block):
+                            yield np.ascontiguousarray(merged[:, offset : offset + block])
+                        pending, held = [merged[:, whole:]], held - whole
+                if left == 0:
+                    break
+        if held:
+            yield np.ascontiguousarray(np.concatenate(pending, axis=1))
 
     def _whole(self, start: int, frames: int | None) -> np.ndarray:
         if self.backend == "sphn":
