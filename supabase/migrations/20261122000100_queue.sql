@@ -133,22 +133,24 @@ $$;
 -- the model finishes the current one, and uploads the last job's stems while the next one runs)
 -- and goes 'idle' only after its last one: the scaler stops idle workers.
 create function queue.worker_after_job(p_worker_id uuid, p_now timestamptz) returns void
-language sql as $$
-    with still_held as (
-        select (select j.id
-                  from public.jobs j
-                 where j.worker_id = p_worker_id and j.status = 'running'
-                 order by j.started_at desc, j.id
-                 limit 1) as job_id
-    )
-    update public.workers w
-       set state = case when h.job_id is null then 'idle'::public.worker_state
+language plpgsql as $$
+declare
+    v_held uuid;
+begin
+    -- plpgsql, not sql: its plan is cached, and every complete / fail / release calls this
+    select j.id into v_held
+      from public.jobs j
+     where j.worker_id = p_worker_id and j.status = 'running'
+     order by j.started_at desc, j.id
+     limit 1;
+    update public.workers
+       set state = case when v_held is null then 'idle'::public.worker_state
                         else 'busy'::public.worker_state end,
-           current_job_id = h.job_id,
-           idle_since = case when h.job_id is null then p_now else null end,
+           current_job_id = v_held,
+           idle_since = case when v_held is null then p_now else null end,
            last_heartbeat_at = p_now
-      from still_held h
-     where w.id = p_worker_id and w.state = 'busy';
+     where id = p_worker_id and state = 'busy';
+end;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -205,6 +207,10 @@ language plpgsql as $$
 declare
     v_now timestamptz := coalesce(p_now, now());
 begin
+    -- A claim need not wait for its WAL flush: lost in a crash, the job is simply still queued
+    -- and the worker's next heartbeat or finish raises SF001. Not waiting keeps pick-up fast and
+    -- lets concurrent claims (whose NOTIFY serialises commits) share flushes.
+    perform set_config('synchronous_commit', 'off', true);
     -- A draining (or stopped / unknown) worker claims nothing.
     perform 1 from public.workers
      where id = p_worker_id and not draining and state in ('idle', 'busy');

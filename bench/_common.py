@@ -1,0 +1,173 @@
+"""Helpers shared by the benchmarks: a Postgres to run against, machine facts for the results,
+percentiles and result files.
+
+Postgres comes from STEMFLEET_BENCH_DATABASE_URL (a server we may create databases on), else a
+throwaway cluster started from the machine's binaries with app.pgserver.LocalPostgres, with
+normal durability (fsync and synchronous_commit on), stopped and deleted at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from app.db import connect
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO_ROOT / "bench" / "results"
+BENCH_DATABASE_ENV = "STEMFLEET_BENCH_DATABASE_URL"
+
+
+@dataclass(frozen=True)
+class BenchPostgres:
+    admin_url: str  # a maintenance database on a server we may create databases on
+    source: str  # how it was obtained, for the results
+    data_dir: Path | None = None  # the cluster's folder when we started it (for disk probes)
+
+
+def with_db(url: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
+
+
+@contextmanager
+def bench_postgres() -> Iterator[BenchPostgres]:
+    """The server to benchmark against (see the module docstring)."""
+    env_url = os.environ.get(BENCH_DATABASE_ENV)
+    if env_url:
+        yield BenchPostgres(env_url, f"{BENCH_DATABASE_ENV} (an existing server)")
+        return
+    from app.pgserver import LocalPostgres
+
+    base = Path(tempfile.mkdtemp(prefix="stemfleet-bench-pg-"))
+    os.chmod(base, 0o755)  # the `postgres` OS user must reach it when we run as root
+    server = LocalPostgres(data_dir=base / "data", fast_unsafe=False)
+    server.start()
+    try:
+        yield BenchPostgres(
+            server.url,
+            f"throwaway cluster (app.pgserver.LocalPostgres, initdb defaults) in {base}",
+            server.data_dir,
+        )
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new empty database on the server, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with connect(admin_url) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield with_db(admin_url, name)
+    finally:
+        with connect(admin_url) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def machine_info() -> dict[str, str]:
+    return {
+        "cpus": str(os.cpu_count()),
+        "cpu model": cpu_model(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+    }
+
+
+def disk_flush_ms(directory: Path, writes: int = 200) -> tuple[float, float]:
+    """p50 and p99 of one 8 kB write + fdatasync in `directory`: the floor under every durable
+    commit (what pg_test_fsync measures for wal_sync_method=fdatasync)."""
+    block = os.urandom(8192)
+    samples: list[float] = []
+    fd, name = tempfile.mkstemp(prefix="flush-probe-", dir=directory)
+    try:
+        for _ in range(writes):
+            os.lseek(fd, 0, os.SEEK_SET)
+            t0 = time.perf_counter()
+            os.write(fd, block)
+            os.fdatasync(fd)
+            samples.append((time.perf_counter() - t0) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return percentile(samples, 50), percentile(samples, 99)
+
+
+POSTGRES_SETTINGS = (
+    "fsync",
+    "synchronous_commit",
+    "wal_sync_method",
+    "full_page_writes",
+    "shared_buffers",
+    "max_connections",
+)
+
+
+def postgres_info(url: str) -> dict[str, str]:
+    with connect(url) as conn:
+        row = conn.execute("select version() as v").fetchone()
+        info = {"postgres": str(row["v"]) if row else "unknown"}
+        for name in POSTGRES_SETTINGS:
+            setting = conn.execute(sql.SQL("show {}").format(sql.Identifier(name))).fetchone()
+            info[name] = str(next(iter(setting.values()))) if setting else "?"
+    return info
+
+
+def percentile(values: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty sequence."""
+    if not values:
+        raise ValueError("percentile of no values")
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" for _ in header) + "|",
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_result(name: str, text: str) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / name
+    path.write_text(text)
+    return path
