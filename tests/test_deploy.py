@@ -116,6 +116,8 @@ def test_fly_toml_env_is_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None
     # the template path is where the api image copies deploy/
     assert env["STEMFLEET_MACHINE_TEMPLATE"] == "/app/deploy/worker-machine.json"
     assert "/app/deploy/worker-machine.json" in dockerfile_env("api").values()
+    # the API writes the fleet's model into jobs: it must be the one the workers serve
+    assert env["STEMFLEET_MODEL"] == template()["env"]["STEMFLEET_MODEL"]
     # no secret is ever written in fly.toml
     for secret in ("DATABASE_URL", "JWT_SECRET", "SERVICE_TOKEN", "SECRET_ACCESS_KEY", "API_TOKEN"):
         assert not [k for k in env if k.endswith(secret)], secret

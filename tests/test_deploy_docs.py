@@ -153,6 +153,9 @@ def api(
         "STEMFLEET_JWT_SECRET": JWT_SECRET,
         "STEMFLEET_SERVICE_TOKEN": secrets["SERVICE_TOKEN"],
         "STEMFLEET_WEBHOOK_SECRET": secrets["WEBHOOK_SECRET"],
+        # the fleet's model, as the API writes it into each job (fly.toml [env] and the machine
+        # template name the same one); the worker below loads it from its model folder
+        "STEMFLEET_MODEL": "tiny",
         # POST /v1/admin/scaler/run runs `stemfleet scaler once`: the local provider, no room
         "STEMFLEET_PROVIDER": "local",
         "STEMFLEET_MAX_MACHINES": "0",
