@@ -41,6 +41,7 @@ from psycopg import sql
 
 from app.errors import StemfleetError
 from app.pgserver import LocalPostgres, port_in_use, server_can_reach
+from app.processes import pid_alive
 from app.settings import Settings
 
 STATE_FILE = "embedded.json"
@@ -77,16 +78,6 @@ def state_path(settings: Settings) -> Path:
     return settings.data_dir / STATE_FILE
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def read_state(settings: Settings) -> EmbeddedState | None:
     """The running `stemfleet up` of this data folder, if any (a stale file is ignored)."""
     path = state_path(settings)
@@ -94,7 +85,7 @@ def read_state(settings: Settings) -> EmbeddedState | None:
         state = EmbeddedState(**json.loads(path.read_text()))
     except (OSError, ValueError, TypeError):
         return None
-    return state if _alive(state.pid) else None
+    return state if pid_alive(state.pid) else None
 
 
 def _write_state(settings: Settings, state: EmbeddedState) -> None:
@@ -143,7 +134,7 @@ def _running_port(data_dir: Path) -> int | None:
         pid, port = int(lines[0]), int(lines[3])
     except (OSError, ValueError, IndexError):
         return None
-    return port if _alive(pid) else None
+    return port if pid_alive(pid) else None
 
 
 def postmaster_pid(data_dir: Path) -> int | None:

@@ -23,6 +23,7 @@ from app.clock import FakeClock
 from app.db import Connection, connect
 from app.migrate import migrate
 from app.queue import Queue
+from tests.s3_support import new_bucket_env
 
 TEMPLATE_DB = "stemfleet_template"
 
@@ -148,25 +149,8 @@ def s3_server() -> Iterator[str]:
 
 @pytest.fixture
 def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """A fresh bucket on the moto server and the STEMFLEET_S3_* settings that reach it."""
-    import boto3
-
-    bucket = f"b-{uuid.uuid4().hex[:12]}"
-    env = {
-        "STEMFLEET_STORAGE": "s3",
-        "STEMFLEET_S3_ENDPOINT_URL": s3_server,
-        "STEMFLEET_S3_REGION": "us-east-1",
-        "STEMFLEET_S3_BUCKET": bucket,
-        "STEMFLEET_S3_ACCESS_KEY_ID": "testing",
-        "STEMFLEET_S3_SECRET_ACCESS_KEY": "testing",
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=s3_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
+    """A fresh bucket on the moto server, with the STEMFLEET_S3_* settings set in the env."""
+    env = new_bucket_env(s3_server)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

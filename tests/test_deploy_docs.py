@@ -48,6 +48,7 @@ from tests.deploy_support import (
     run_bash,
     running,
 )
+from tests.s3_support import new_bucket_env
 from tests.worker_helpers import libpq_url
 
 JWT_SECRET = "docs-test-project-jwt-secret-of-32-chars-or-more"
@@ -120,25 +121,7 @@ def docs_db(pg_admin_url: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def docs_s3(s3_server: str) -> dict[str, str]:
-    import boto3
-
-    bucket = f"docs-{uuid.uuid4().hex[:12]}"
-    env = {
-        "STEMFLEET_STORAGE": "s3",
-        "STEMFLEET_S3_ENDPOINT_URL": s3_server,
-        "STEMFLEET_S3_REGION": "us-east-1",
-        "STEMFLEET_S3_BUCKET": bucket,
-        "STEMFLEET_S3_ACCESS_KEY_ID": "testing",
-        "STEMFLEET_S3_SECRET_ACCESS_KEY": "testing",
-    }
-    boto3.client(
-        "s3",
-        endpoint_url=s3_server,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=bucket)
-    return env
+    return new_bucket_env(s3_server)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from typing import Any
 
 from app.clock import Clock, SystemClock
 from app.log import get_logger
+from app.processes import pid_alive
 from app.settings import Settings
 from scaler.model import Machine
 from scaler.policy import hourly_price
@@ -110,13 +111,7 @@ class LocalProvider:
                 return marker in (proc / "environ").read_bytes().split(b"\0")
             except OSError:
                 return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+        return pid_alive(pid)
 
     def _spawn(self, record: dict[str, Any]) -> None:
         env = {
