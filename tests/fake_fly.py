@@ -298,6 +298,9 @@ class FakeFly:
             handler, method, url.path, query, body, problems
         )
         data = b"" if payload is None else json.dumps(payload).encode()
+        # recorded before the answer goes out: a client that got its answer sees its call
+        with self._lock:
+            self.calls.append(Call(method.upper(), url.path, operation, query, body, status))
         handler.send_response(status)
         for name, value in headers.items():
             handler.send_header(name, value)
@@ -306,8 +309,6 @@ class FakeFly:
         handler.send_header("Content-Length", str(len(data)))
         handler.end_headers()
         handler.wfile.write(data)
-        with self._lock:
-            self.calls.append(Call(method.upper(), url.path, operation, query, body, status))
 
     def _respond(
         self,
