@@ -173,7 +173,7 @@ def main() -> None:
                     "rss_after_model_load_mib": round(rss_before, 1),
                     **marks,
                     "wall_s": round(wall, 1),
-                    "audio_s_per_wall_s": None if separated_s is None else round(separated_s / wall, 3),
+                    "audio_s_per_wall_s": separated_s and round(separated_s / wall, 3),
                     "timings_s": {k: round(v, 1) for k, v in timings.items()},
                     "date": time.strftime("%Y-%m-%d"),
                 }
