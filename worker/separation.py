@@ -43,7 +43,10 @@ from app.log import get_logger
 from app.params import JobParams
 from app.settings import Settings
 
-CPU_BATCH_SIZE = 4
+# On CPU a batch of several segments is slower than one at a time (bench/results/separation.md:
+# htdemucs forward passes took 36-79 % longer at batch 4 on 2 cores): cores are already busy
+# within one segment, and bigger activations miss the caches. Batching pays on accelerators.
+CPU_BATCH_SIZE = 1
 MAX_AUTO_BATCH = 32
 CACHED_MODELS = 2  # models loaded on demand, besides the configured one
 KNOWN_MODELS = (
