@@ -13,7 +13,7 @@ from audio_fixtures import one_torch_thread, write_clip, write_corrupt
 from app.errors import PermanentJobError
 from app.params import JobParams
 from app.settings import load_settings
-from worker.pipeline import separate_file
+from worker.pipeline import FileJob, SeparationResult, separate_file, separate_files
 from worker.separation import JobCancelled, Separator
 
 pytestmark = pytest.mark.slow
@@ -146,3 +146,42 @@ def test_bad_inputs_fail_before_any_work(separator: Separator, tmp_path: Path) -
             separator, clip, tmp_path / "out", FLOAT_WAV.model_copy(update={"stems": ["piano"]})
         )
     assert info.value.kind == "invalid_params"
+
+
+def test_separate_files_together_equals_one_by_one_and_isolates_a_bad_input(
+    separator: Separator, tmp_path: Path
+) -> None:
+    params = JobParams(format="wav", sample_format="float32", shifts=0, segment=0.8)
+    first = write_clip(tmp_path / "first.flac", 2.5)
+    second = write_clip(tmp_path / "second.wav", 1.7, samplerate=48000)
+    corrupt = write_corrupt(tmp_path / "bad.flac")
+    progress: list[float] = []
+    jobs = [
+        FileJob(first, tmp_path / "a", params, progress=progress.append),
+        FileJob(corrupt, tmp_path / "b", params),
+        FileJob(second, tmp_path / "c", params, preview_seconds=1.0),
+    ]
+
+    results = separate_files(separator, jobs)
+
+    bad = results[1]
+    assert isinstance(bad, PermanentJobError) and bad.kind == "undecodable"
+    assert progress[-1] == 1.0
+    for result, job, seconds in ((results[0], jobs[0], 2.5), (results[2], jobs[2], 1.0)):
+        assert isinstance(result, SeparationResult)
+        assert result.duration_s == pytest.approx(seconds)
+        assert result.timings["shared_with"] == 1.0
+        alone = separate_file(
+            separator,
+            job.input_path,
+            tmp_path / f"alone-{job.out_dir.name}",
+            params,
+            preview_seconds=job.preview_seconds,
+            stream_over_seconds=0,
+        )
+        for source in SOURCES:
+            np.testing.assert_allclose(
+                _read(result.stems[source]), _read(alone.stems[source]), atol=1e-5
+            )
+        _only_stems_left(job.out_dir, SOURCES, "wav")  # the temporary mixes are gone
+    assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []

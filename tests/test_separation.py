@@ -19,7 +19,14 @@ from demucs.apply import apply_model
 from app.errors import PermanentJobError
 from app.params import JobParams
 from app.settings import load_settings
-from worker.separation import JobCancelled, ModelUnavailable, Separator, normalisation
+from worker.separation import (
+    JobCancelled,
+    ModelUnavailable,
+    Separator,
+    Stream,
+    normalisation,
+    tensor_reader,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -129,6 +136,74 @@ def test_progress_after_each_batch_and_cancel_between_batches(
 
     with pytest.raises(JobCancelled):
         unittest_separator.separate(wav, params, should_stop=stop_after_first_batch)
+    assert len(checks) == 2
+
+
+def _batch_sizes(separator: Separator) -> list[int]:
+    """Records the batch size of every forward pass of the separator's model (a torch hook)."""
+    sizes: list[int] = []
+    separator.loaded.members[0].register_forward_hook(
+        lambda _module, args, _out: sizes.append(int(args[0].shape[0]))
+    )
+    return sizes
+
+
+def _stream(
+    wav: torch.Tensor, params: JobParams, **kwargs: object
+) -> tuple[Stream, list[torch.Tensor]]:
+    """A Stream over an in-memory mix, and the list its output blocks land in."""
+    blocks: list[torch.Tensor] = []
+    mean, std = normalisation(wav)
+    stream = Stream(wav.shape[-1], tensor_reader(wav), mean, std, params, blocks.append)
+    for name, value in kwargs.items():
+        setattr(stream, name, value)
+    return stream, blocks
+
+
+def test_inputs_run_together_share_forward_passes_and_equal_their_runs_alone() -> None:
+    separator = _separator("demucs_unittest", batch_size=8)
+    sizes = _batch_sizes(separator)
+    params = JobParams(shifts=0, segment=0.8, overlap=0.25)
+    wavs = [torch.from_numpy(tone(seconds, seed=i)) for i, seconds in enumerate((3.0, 2.1, 3.0))]
+
+    alone = [separator.separate(wav, params) for wav in wavs]
+    passes_alone = len(sizes)
+    sizes.clear()
+    runs = [_stream(wav, params) for wav in wavs]
+    results = separator.run_together(separator.loaded, [stream for stream, _ in runs])
+
+    assert [r.error for r in results] == [None, None, None]
+    # 5 + 4 + 5 segments; each input alone needs 2 passes (its last, shorter segment runs
+    # on its own); together the full-length segments of all three fill one pass of 8 and
+    # the equal-length tails of the 3 s inputs share another
+    assert sum(sizes) == 14
+    assert len(sizes) < passes_alone == 6
+    assert max(sizes) == 8
+    assert all(r.forward_s > 0 for r in results)
+    for (_, blocks), stems in zip(runs, alone, strict=True):
+        together = torch.cat(blocks, dim=-1)
+        for index, source in enumerate(separator.sources):
+            assert together.shape[1:] == stems[source].shape
+            assert (together[index] - stems[source]).abs().max().item() <= 1e-5
+
+
+def test_an_input_cancelled_in_a_shared_run_stops_alone() -> None:
+    separator = _separator("demucs_unittest", batch_size=2)
+    params = JobParams(shifts=0, segment=0.6, overlap=0.0)
+    wav = torch.from_numpy(tone(2.0))
+    checks: list[int] = []
+
+    def stop_at_second_check() -> bool:
+        checks.append(1)
+        return len(checks) >= 2
+
+    kept, kept_blocks = _stream(wav, params)
+    cancelled, _ = _stream(wav, params, should_stop=stop_at_second_check)
+    results = separator.run_together(separator.loaded, [kept, cancelled])
+
+    assert results[0].error is None
+    assert torch.cat(kept_blocks, dim=-1).shape[-1] == wav.shape[-1]
+    assert isinstance(results[1].error, JobCancelled)
     assert len(checks) == 2
 
 

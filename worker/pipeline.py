@@ -7,6 +7,11 @@ statistics are summed on the way), the separator reads its segments' windows fro
 and each finished output block goes straight to the stem encoders. Both paths run the same
 separation engine, so the stems are identical either way.
 
+`separate_files` separates several inputs together (the worker's cross-track batching): each is
+decoded to its own file as above and streams to its own encoders, and the separator shares its
+forward passes between them. One input failing (undecodable, too long, cancelled) ends only that
+input; the others go on.
+
 Stem files are written as `.{stem}.{ext}.part` and renamed when complete, so a job that runs
 twice (after a lost lease) never leaves a half-written stem under the final name.
 """
@@ -42,6 +47,7 @@ from worker.separation import (
     ProgressFn,
     Separator,
     StopFn,
+    Stream,
 )
 
 IN_MEMORY_SECONDS = 600.0
@@ -212,6 +218,53 @@ def _separate_in_memory(
     return files, wav.shape[-1], timings
 
 
+@dataclass
+class _DecodedMix:
+    """An input decoded to an interleaved float32 file, with its normalisation statistics."""
+
+    path: Path
+    frames: int
+    mean: torch.Tensor
+    std: torch.Tensor
+    seconds: float  # spent decoding
+
+
+def _decode_to_file(
+    loaded: LoadedModel,
+    input_path: Path,
+    mix_path: Path,
+    preview_seconds: float | None,
+    max_seconds: float | None,
+    should_stop: StopFn | None,
+) -> _DecodedMix:
+    started = time.perf_counter()
+    frames, total, squares = 0, 0.0, 0.0
+    with mix_path.open("wb") as handle:
+        for block in iter_decode(
+            input_path,
+            samplerate=loaded.samplerate,
+            channels=loaded.audio_channels,
+            max_seconds=max_seconds,
+            duration=preview_seconds,
+        ):
+            handle.write(block.t().contiguous().numpy().tobytes())
+            ref = block.double().mean(0)
+            total += float(ref.sum())
+            squares += float((ref * ref).sum())
+            frames += block.shape[-1]
+            if should_stop is not None and should_stop():
+                raise JobCancelled("the job was cancelled; decoding stopped")
+    mean = total / frames
+    variance = max(0.0, (squares - frames * mean * mean) / max(1, frames - 1))
+    return _DecodedMix(
+        mix_path,
+        frames,
+        torch.tensor(mean, dtype=torch.float32),
+        torch.tensor(math.sqrt(variance) + 1e-8, dtype=torch.float32),
+        time.perf_counter() - started,
+    )
+
+
 def _separate_streamed(
     separator: Separator,
     loaded: LoadedModel,
@@ -226,45 +279,137 @@ def _separate_streamed(
 ) -> _Run:
     channels = loaded.audio_channels
     with tempfile.TemporaryDirectory(prefix=".stemfleet-", dir=out_dir) as tmp:
-        mix_path = Path(tmp) / "mix.f32"
+        mix = _decode_to_file(
+            loaded, input_path, Path(tmp) / "mix.f32", preview_seconds, max_seconds, should_stop
+        )
         started = time.perf_counter()
-        frames, total, squares = 0, 0.0, 0.0
-        with mix_path.open("wb") as handle:
-            for block in iter_decode(
-                input_path,
-                samplerate=loaded.samplerate,
-                channels=channels,
-                max_seconds=max_seconds,
-                duration=preview_seconds,
-            ):
-                handle.write(block.t().contiguous().numpy().tobytes())
-                ref = block.double().mean(0)
-                total += float(ref.sum())
-                squares += float((ref * ref).sum())
-                frames += block.shape[-1]
-                if should_stop is not None and should_stop():
-                    raise JobCancelled("the job was cancelled; decoding stopped")
-        mean = total / frames
-        variance = max(0.0, (squares - frames * mean * mean) / max(1, frames - 1))
-        decoded = time.perf_counter()
-        with ExitStack() as stack, mix_path.open("rb") as handle:
+        with ExitStack() as stack, mix.path.open("rb") as handle:
             outputs = _Outputs(stack, out_dir, plan, loaded.samplerate, channels, params)
+            reader = _file_reader(handle, channels, mix.frames)
             separator.run(
                 loaded,
-                length=frames,
-                read_mix=_file_reader(handle, channels, frames),
-                mean=torch.tensor(mean, dtype=torch.float32),
-                std=torch.tensor(math.sqrt(variance) + 1e-8, dtype=torch.float32),
-                params=params,
-                sink=outputs.write,
-                progress=progress,
-                should_stop=should_stop,
-            )
+                Stream(mix.frames, reader, mix.mean, mix.std, params, outputs.write, progress,
+                       should_stop),
+            )  # fmt: skip
             files = outputs.commit()
         finished = time.perf_counter()
     timings = {
-        "decode": decoded - started,
-        "separate": finished - decoded - outputs.seconds,
+        "decode": mix.seconds,
+        "separate": finished - started - outputs.seconds,
         "encode": outputs.seconds,
     }
-    return files, frames, timings
+    return files, mix.frames, timings
+
+
+@dataclass
+class FileJob:
+    """One input of `separate_files`, with the same options as `separate_file`."""
+
+    input_path: Path
+    out_dir: Path
+    params: JobParams
+    preview_seconds: float | None = None
+    max_seconds: float | None = None
+    progress: ProgressFn | None = None
+    should_stop: StopFn | None = None
+
+
+@dataclass
+class _Member:
+    job: FileJob
+    stack: ExitStack
+    mix: _DecodedMix
+    outputs: _Outputs
+
+
+def separate_files(separator: Separator, jobs: list[FileJob]) -> list[SeparationResult | Exception]:
+    """Separate several inputs with one model, sharing the forward passes (see the module doc).
+
+    Returns, in order, each input's result or the exception that ended it (the same ones
+    `separate_file` raises). All inputs must ask for the same model. An error of the model
+    itself (out of memory, say) raises for all: the caller decides how to go on.
+    """
+    models = {job.params.model for job in jobs}
+    if len(models) != 1:
+        raise ValueError(f"separate_files needs one model for all inputs, got {models}")
+    loaded = separator.model_for(jobs[0].params.model)
+    results: list[SeparationResult | Exception | None] = [None] * len(jobs)
+    members: dict[int, _Member] = {}
+    with ExitStack() as outer:
+        for index, job in enumerate(jobs):
+            stack = outer.enter_context(ExitStack())
+            try:
+                members[index] = _open_member(loaded, separator, job, stack)
+            except Exception as exc:
+                stack.close()
+                results[index] = exc
+        order = sorted(members)
+        started = time.perf_counter()
+        streams = [_stream(members[i], loaded) for i in order]
+        ended = separator.run_together(loaded, streams) if streams else []
+        wall = time.perf_counter() - started
+        for index, result in zip(order, ended, strict=True):
+            member = members[index]
+            try:
+                if result.error is not None:
+                    raise result.error
+                files = member.outputs.commit()
+            except Exception as exc:
+                results[index] = exc
+                continue
+            finally:
+                member.stack.close()
+            results[index] = SeparationResult(
+                stems=files,
+                duration_s=member.mix.frames / loaded.samplerate,
+                samplerate=OPUS_SAMPLERATE if member.job.params.format == "opus"
+                else loaded.samplerate,
+                channels=loaded.audio_channels,
+                timings={
+                    "decode": member.mix.seconds,
+                    "separate": wall - member.outputs.seconds,
+                    "encode": member.outputs.seconds,
+                    "shared_with": float(len(streams) - 1),
+                },
+            )  # fmt: skip
+    assert all(r is not None for r in results)
+    return [r for r in results if r is not None]
+
+
+def _open_member(
+    loaded: LoadedModel, separator: Separator, job: FileJob, stack: ExitStack
+) -> _Member:
+    """Check, decode to a file and open the encoders of one input of `separate_files`."""
+    separator.check_params(loaded, job.params)
+    seconds = probe_duration(job.input_path)
+    if job.preview_seconds is not None:
+        seconds = min(seconds, job.preview_seconds)
+    check_duration(job.input_path.name, seconds, job.max_seconds)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(
+        stack.enter_context(tempfile.TemporaryDirectory(prefix=".stemfleet-", dir=job.out_dir))
+    )
+    mix = _decode_to_file(
+        loaded, job.input_path, tmp / "mix.f32", job.preview_seconds, job.max_seconds,
+        job.should_stop,
+    )  # fmt: skip
+    plan = output_plan(loaded.sources, job.params)
+    outputs = _Outputs(
+        stack, job.out_dir, plan, loaded.samplerate, loaded.audio_channels, job.params
+    )
+    return _Member(job, stack, mix, outputs)
+
+
+def _stream(member: _Member, loaded: LoadedModel) -> Stream:
+    handle = member.stack.enter_context(member.mix.path.open("rb"))
+    job = member.job
+    return Stream(
+        member.mix.frames,
+        _file_reader(handle, loaded.audio_channels, member.mix.frames),
+        member.mix.mean,
+        member.mix.std,
+        job.params,
+        member.outputs.write,
+        job.progress,
+        job.should_stop,
+    )

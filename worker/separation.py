@@ -7,7 +7,11 @@ offsets (0-0.5 s) and averages; a bag of models is a weighted average of its mod
 same arithmetic in the same order, but:
 
 - segments of every shift (and successive offsets) go through the model together, `batch_size`
-  at a time (0 = from free accelerator memory on CUDA, 4 on CPU);
+  at a time (0 = from free accelerator memory on CUDA, 1 on CPU);
+- several inputs can share the forward passes (`Separator.run_together`): a pass filled with one
+  input's segments is topped up with the next segments of the others (same model member, same
+  segment length), so short clips fill a large accelerator batch. Each input keeps its own
+  segment order, so its result is the same as when it runs alone;
 - the mix is read through a window function and the output leaves through a sink as soon as no
   later segment can touch it, so an hour-long input can stream from disk to the encoders with
   only a few segments in memory (see worker/pipeline.py);
@@ -68,6 +72,29 @@ StopFn = Callable[[], bool]
 MixReader = Callable[[int, int], torch.Tensor]
 # receives the finished output in order: float32 [S, C, n] (denormalised)
 Sink = Callable[[torch.Tensor], None]
+
+
+@dataclass
+class Stream:
+    """One input's separation: where its mix comes from and where its output goes."""
+
+    length: int  # mix frames
+    read_mix: MixReader
+    mean: torch.Tensor
+    std: torch.Tensor
+    params: JobParams
+    sink: Sink
+    progress: ProgressFn | None = None
+    should_stop: StopFn | None = None
+
+
+@dataclass
+class StreamResult:
+    """How one stream of a shared run ended: `error` is None when all its output reached the
+    sink; `forward_s` is its share of the forward passes' time (by segments)."""
+
+    forward_s: float = 0.0
+    error: BaseException | None = None
 
 
 class JobCancelled(StemfleetError):
@@ -198,35 +225,17 @@ class _Segment:
 
 
 class _Engine:
-    """Runs one separation: schedules segments into batches and emits finished output."""
+    """One input's separation plan and state: hands out its segments in order, takes their
+    model outputs back, and emits finished output. The forward passes are run by `_run_shared`,
+    which may put several engines' segments in one pass."""
 
-    def __init__(
-        self,
-        loaded: LoadedModel,
-        *,
-        length: int,
-        read_mix: MixReader,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        params: JobParams,
-        sink: Sink,
-        device: str,
-        precision: str,
-        batch_size: int,
-        progress: ProgressFn | None,
-        should_stop: StopFn | None,
-    ) -> None:
+    def __init__(self, loaded: LoadedModel, stream: Stream, device: str) -> None:
         self.loaded = loaded
-        self.length = length
-        self.read_mix = read_mix
-        self.mean, self.std = mean, std
-        self.params = params
-        self.sink = sink
+        self.stream = stream
+        self.length = stream.length
+        self.mean, self.std = stream.mean, stream.std
+        self.params = stream.params
         self.device = device
-        self.precision = precision
-        self.batch_size = batch_size
-        self.progress = progress
-        self.should_stop = should_stop
         self.members = loaded.members
         self.is_bag = isinstance(loaded.model, BagOfModels)
         self.weights: list[list[float]] = (
@@ -237,7 +246,7 @@ class _Engine:
         self.total = sum(self._count(lane) for lanes in self.lanes for lane in lanes)
         self.processed = 0
         self.emitted = 0
-        self.forward_seconds = 0.0
+        self.result = StreamResult()
 
     # --- plan ------------------------------------------------------------------------------
     def _segment_seconds(self, member: Any) -> float:
@@ -282,17 +291,31 @@ class _Engine:
         valid = self._valid_length(self.members[lane.member], chunk)
         return _Segment(lane, lane.next_offset, chunk, valid)
 
-    def _next_batch(self) -> list[_Segment]:
-        """Up to batch_size segments of one member, earliest mix position first."""
+    @property
+    def done(self) -> bool:
+        return all(lane.done for lanes in self.lanes for lane in lanes)
+
+    def take(
+        self, limit: int, *, member: int | None = None, valid: int | None = None
+    ) -> list[_Segment]:
+        """Up to `limit` next segments, all of one member and one input length, earliest mix
+        position first. With `member` / `valid` given (topping up another input's pass), only
+        if this input's next segments are of that member and length: the order in which an
+        input's segments are handed out never depends on the inputs beside it."""
         pending = [lane for lanes in self.lanes for lane in lanes if not lane.done]
+        if not pending:
+            return []
         first = min(pending, key=lambda lane: lane.next_mix_start)
+        if member is not None and first.member != member:
+            return []
         lanes = [lane for lane in self.lanes[first.member] if not lane.done]
         batch: list[_Segment] = []
-        while lanes and len(batch) < self.batch_size:
+        while lanes and len(batch) < limit:
             lane = min(lanes, key=lambda lane: lane.next_mix_start)
             segment = self._next_segment(lane)
-            if batch and segment.valid != batch[0].valid:
-                break  # a shorter tail segment: it goes in a batch of its own size
+            wanted = valid if valid is not None else (batch[0].valid if batch else None)
+            if wanted is not None and segment.valid != wanted:
+                break  # a shorter tail segment: it goes in a pass of its own size
             batch.append(segment)
             lane.next_offset += lane.stride
             if lane.done:
@@ -300,23 +323,14 @@ class _Engine:
         return batch
 
     # --- run -------------------------------------------------------------------------------
-    def run(self) -> None:
-        with torch.inference_mode():
-            while any(not lane.done for lanes in self.lanes for lane in lanes):
-                if self.should_stop is not None and self.should_stop():
-                    raise JobCancelled("the job was cancelled; separation stopped")
-                batch = self._next_batch()
-                self._forward(batch)
-                self.processed += len(batch)
-                self._emit()
-                if self.progress is not None:
-                    self.progress(self.processed / self.total)
-            self._emit()
+    def stop_requested(self) -> bool:
+        should_stop = self.stream.should_stop
+        return should_stop is not None and should_stop()
 
-    def _window(self, segment: _Segment) -> torch.Tensor:
+    def window(self, segment: _Segment) -> torch.Tensor:
         # TensorChunk.padded: centre the chunk in `valid` frames, zeros outside the mix
         start = segment.lane.shift + segment.offset - (segment.valid - segment.length) // 2
-        raw = self.read_mix(start, segment.valid)
+        raw = self.stream.read_mix(start, segment.valid)
         normalised = (raw - self.mean) / self.std
         first, last = max(0, -start), min(segment.valid, self.length - start)
         if first > 0 or last < segment.valid:  # apply_model pads the normalised mix with 0
@@ -325,39 +339,19 @@ class _Engine:
             normalised = normalised * mask
         return normalised
 
-    def _forward(self, batch: list[_Segment]) -> None:
-        member = self.members[batch[0].lane.member]
-        started = time.perf_counter()
-        inputs = torch.stack([self._window(s) for s in batch]).to(self.device)
-        outputs = self._run_model(member, inputs)
-        self.forward_seconds += time.perf_counter() - started
+    def absorb(self, batch: list[_Segment], outputs: torch.Tensor) -> None:
+        """The model's outputs for `batch` (in order): blend them in, emit what is finished."""
         blend = self.blend[batch[0].lane.member]
         for segment, out in zip(batch, outputs, strict=True):
             trimmed = _center_trim(out, segment.length)
             self._accumulate(segment, (blend[: segment.length] * trimmed).cpu(), blend)
+        self.processed += len(batch)
+        self._emit()
+        if self.stream.progress is not None:
+            self.stream.progress(self.processed / self.total)
 
-    def _run_model(self, member: Any, inputs: torch.Tensor) -> torch.Tensor:
-        while True:
-            try:
-                with self._autocast():
-                    return member(inputs).float()
-            except torch.cuda.OutOfMemoryError:
-                if inputs.shape[0] == 1:
-                    raise
-                # halve the batch for the rest of this job and run the halves
-                self.batch_size = max(1, inputs.shape[0] // 2)
-                if self.device == "cuda":
-                    torch.cuda.empty_cache()
-                get_logger().warning("batch_out_of_memory", batch_size=self.batch_size)
-                halves = inputs.split(self.batch_size)
-                return torch.cat([self._run_model(member, half) for half in halves])
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        device_type = "cuda" if self.device.startswith("cuda") else self.device
-        return torch.autocast(device_type=device_type, dtype=dtype)
+    def finish(self) -> None:
+        self._emit()
 
     def _accumulate(self, segment: _Segment, weighted: torch.Tensor, blend: torch.Tensor) -> None:
         lane = segment.lane
@@ -411,7 +405,101 @@ class _Engine:
             for k in range(estimates.shape[0]):
                 estimates[k] /= totals[k]
         self.emitted = until
-        self.sink(estimates * self.std + self.mean)
+        self.stream.sink(estimates * self.std + self.mean)
+
+
+class _ModelRunner:
+    """Forward passes of one model on one device: autocast, and on CUDA out-of-memory the
+    batch halves (for the rest of the run) instead of failing."""
+
+    def __init__(self, members: list[Any], device: str, precision: str, batch_size: int) -> None:
+        self.members = members
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+
+    def __call__(self, member: int, inputs: torch.Tensor) -> torch.Tensor:
+        while True:
+            try:
+                with self._autocast():
+                    return self.members[member](inputs).float()
+            except torch.cuda.OutOfMemoryError:
+                if inputs.shape[0] == 1:
+                    raise
+                self.batch_size = max(1, inputs.shape[0] // 2)
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                get_logger().warning("batch_out_of_memory", batch_size=self.batch_size)
+                halves = inputs.split(self.batch_size)
+                return torch.cat([self(member, half) for half in halves])
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        device_type = "cuda" if self.device.startswith("cuda") else self.device
+        return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def _run_shared(engines: list[_Engine], model: _ModelRunner) -> None:
+    """Run the engines to their end, sharing forward passes. Each pass is led by the engines in
+    turn: the leader fills it with its next segments, the others top it up with theirs when
+    they are at the same member and input length. An engine whose stop check, reader or sink
+    fails ends with that error in its result; the others go on. A failing forward pass (the
+    model itself) raises for all."""
+    active = list(engines)
+    turn = 0
+
+    def drop(engine: _Engine, error: BaseException) -> None:
+        engine.result.error = error
+        active.remove(engine)
+
+    with torch.inference_mode():
+        while active:
+            for engine in list(active):
+                if engine.stop_requested():
+                    drop(engine, JobCancelled("the job was cancelled; separation stopped"))
+                elif engine.done:
+                    try:
+                        engine.finish()
+                    except Exception as exc:
+                        drop(engine, exc)
+                    else:
+                        active.remove(engine)
+            if not active:
+                break
+            order = active[turn % len(active) :] + active[: turn % len(active)]
+            turn += 1
+            parts: list[tuple[_Engine, list[_Segment], torch.Tensor]] = []
+            member = valid = None
+            for engine in order:
+                room = model.batch_size - sum(len(batch) for _, batch, _ in parts)
+                if room <= 0:
+                    break
+                batch = engine.take(room, member=member, valid=valid)
+                if not batch:
+                    continue
+                try:
+                    windows = torch.stack([engine.window(s) for s in batch])
+                except Exception as exc:
+                    drop(engine, exc)
+                    continue
+                parts.append((engine, batch, windows))
+                member, valid = batch[0].lane.member, batch[0].valid
+            if not parts:
+                continue
+            assert member is not None
+            started = time.perf_counter()
+            outputs = model(member, torch.cat([w for _, _, w in parts]).to(model.device))
+            seconds = time.perf_counter() - started
+            items = outputs.shape[0]
+            for engine, batch, _ in parts:
+                engine.result.forward_s += seconds * len(batch) / items
+                try:
+                    engine.absorb(batch, outputs[: len(batch)])
+                except Exception as exc:
+                    drop(engine, exc)
+                outputs = outputs[len(batch) :]
 
 
 def _center_trim(tensor: torch.Tensor, length: int) -> torch.Tensor:
@@ -577,50 +665,36 @@ class Separator:
 
         self.run(
             loaded,
-            length=wav.shape[-1],
-            read_mix=tensor_reader(wav),
-            mean=mean,
-            std=std,
-            params=params,
-            sink=collect,
-            progress=progress,
-            should_stop=should_stop,
+            Stream(
+                wav.shape[-1], tensor_reader(wav), mean, std, params, collect, progress, should_stop
+            ),
         )
         return dict(zip(loaded.sources, out, strict=True))
 
-    def run(
-        self,
-        loaded: LoadedModel,
-        *,
-        length: int,
-        read_mix: MixReader,
-        mean: torch.Tensor,
-        std: torch.Tensor,
-        params: JobParams,
-        sink: Sink,
-        progress: ProgressFn | None = None,
-        should_stop: StopFn | None = None,
-    ) -> float:
-        """Stream a separation: the mix comes from `read_mix`, the finished output goes to
-        `sink` in order ([S, C, n] blocks adding up to `length`). Returns the seconds spent in
-        forward passes."""
-        self.check_params(loaded, params)
-        segment_seconds = params.segment or float(loaded.members[0].segment)
-        segment_frames = int(segment_seconds * loaded.samplerate)
-        engine = _Engine(
-            loaded,
-            length=length,
-            read_mix=read_mix,
-            mean=mean,
-            std=std,
-            params=params,
-            sink=sink,
-            device=self.device,
-            precision=self.precision,
-            batch_size=self.batch_size_for(loaded, segment_frames),
-            progress=progress,
-            should_stop=should_stop,
+    def run(self, loaded: LoadedModel, stream: Stream) -> float:
+        """Stream one separation: the mix comes from `stream.read_mix`, the finished output goes
+        to `stream.sink` in order ([S, C, n] blocks adding up to `stream.length`). Returns the
+        seconds spent in forward passes; raises what stopped it (JobCancelled, ...)."""
+        (result,) = self.run_together(loaded, [stream])
+        if result.error is not None:
+            raise result.error
+        return result.forward_s
+
+    def run_together(self, loaded: LoadedModel, streams: list[Stream]) -> list[StreamResult]:
+        """Several separations with the same model, sharing forward passes where their
+        segments line up (see `_run_shared`). Each stream ends on its own: its result holds
+        the error that stopped it, if any, and the others go on. Params the model cannot honour
+        and a failing forward pass raise for all."""
+        for stream in streams:
+            self.check_params(loaded, stream.params)
+        longest = max(s.params.segment or float(loaded.members[0].segment) for s in streams)
+        model = _ModelRunner(
+            loaded.members,
+            self.device,
+            self.precision,
+            self.batch_size_for(loaded, int(longest * loaded.samplerate)),
         )
+        engines = [_Engine(loaded, stream, self.device) for stream in streams]
         with loaded.lock:
-            engine.run()
-        return engine.forward_seconds
+            _run_shared(engines, model)
+        return [engine.result for engine in engines]
