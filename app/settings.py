@@ -78,6 +78,9 @@ class Settings(BaseSettings):
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = Field(0, ge=0)  # segments per forward pass; 0 = from free memory
+    # queued jobs separated together, their segments sharing forward passes; 0 = 1 where a
+    # pass holds one segment (CPU), else up to 8
+    group_jobs: int = Field(0, ge=0)
     threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = torch's default
     lease: Duration = 60.0
     heartbeat_interval: Duration = 10.0

@@ -16,6 +16,7 @@ import boto3
 import pytest
 import soundfile as sf
 
+import worker.loop as worker_loop
 from app.clock import Clock, FakeClock
 from app.db import Connection
 from app.errors import PermanentJobError, StorageError
@@ -31,7 +32,7 @@ from tests.worker_helpers import (
     wait_for_job,
     wait_until_all_final,
 )
-from worker.loop import Outcome, Worker, classify, is_out_of_memory, smaller_segment
+from worker.loop import Worker, classify, is_out_of_memory, smaller_segment
 from worker.runtime import detect_identity
 from worker.separation import Separator
 
@@ -157,9 +158,9 @@ def test_job_in_four_stems_out(
     job = submit(storage, conn, clip, params={"format": fmt})
     worker = make_worker()
 
-    outcome = worker.run_once()
+    (outcome,) = worker.run_once()
 
-    assert outcome is not None and outcome.status == "succeeded", outcome
+    assert outcome.status == "succeeded", outcome
     row = Queue().get(conn, job.id)
     assert row.status == "succeeded" and row.attempts == 1 and row.progress == 1
     assert row.output is not None
@@ -190,8 +191,8 @@ def test_preview_separates_only_the_first_seconds(
     clip = write_clip(tmp_path / "long.flac", 3.0)
     job = submit(storage, conn, clip, kind="preview")
     worker = make_worker(preview_seconds=1.0)
-    outcome = worker.run_once()
-    assert outcome is not None and outcome.status == "succeeded"
+    (outcome,) = worker.run_once()
+    assert outcome.status == "succeeded"
     row = Queue().get(conn, job.id)
     assert row.duration_s == pytest.approx(1.0, abs=1 / 44100)
 
@@ -223,9 +224,9 @@ def test_bad_inputs_fail_permanently_at_once(
     job = submit(storage, conn, clip)
     worker = make_worker(max_duration=2.0)
 
-    outcome = worker.run_once()
+    (outcome,) = worker.run_once()
 
-    assert outcome is not None and outcome.status == "failed"
+    assert outcome.status == "failed"
     row = Queue().get(conn, job.id)
     assert row.status == "failed"
     assert row.attempts == 1
@@ -245,8 +246,8 @@ def test_bad_params_and_missing_input_fail_permanently(
     storage.delete(gone.input_key)
     worker = make_worker()
 
-    outcomes = [worker.run_once(), worker.run_once()]
-    assert [o.status for o in outcomes if o] == ["failed", "failed"]
+    outcomes = [*worker.run_once(), *worker.run_once()]
+    assert [o.status for o in outcomes] == ["failed", "failed"]
 
     bad_row = Queue().get(conn, bad.id)
     assert (bad_row.status, bad_row.error_kind, bad_row.attempts) == ("failed", "invalid_params", 1)
@@ -289,7 +290,7 @@ def test_storage_outage_during_upload_is_retried_then_succeeds(
     wait_for_job(db_url, job.id, lambda j: j.progress > 0, what="progress on the model")
     s3.delete_object(Bucket=bucket, Key=job.input_key)
     s3.delete_bucket(Bucket=bucket)
-    first: Outcome = joined(thread, box)
+    (first,) = joined(thread, box)
 
     assert first.status == "retrying" and first.error_kind == "storage", first
     row = Queue().get(conn, job.id)
@@ -298,9 +299,9 @@ def test_storage_outage_during_upload_is_retried_then_succeeds(
 
     s3.create_bucket(Bucket=bucket)
     storage.put_file(job.input_key, clip)
-    second = worker.run_once()
+    (second,) = worker.run_once()
 
-    assert second is not None and second.status == "succeeded"
+    assert second.status == "succeeded"
     row = Queue().get(conn, job.id)
     assert (row.status, row.attempts, row.error) == ("succeeded", 2, None)
     assert len(stem_keys(job.id, storage, SOURCES, "wav")) == 4
@@ -314,14 +315,14 @@ def test_worker_io_fault_is_retryable_and_the_worker_keeps_going(
     worker = make_worker()
     (tmp_path / "work").write_bytes(b"a file where the work folder should be")
 
-    broken = worker.run_once()
+    (broken,) = worker.run_once()
 
-    assert broken is not None and (broken.status, broken.error_kind) == ("retrying", "io")
+    assert (broken.status, broken.error_kind) == ("retrying", "io")
     row = Queue().get(conn, job.id)
     assert (row.status, row.attempts) == ("queued", 1)
     (tmp_path / "work").unlink()
-    fixed = worker.run_once()
-    assert fixed is not None and fixed.status == "succeeded"
+    (fixed,) = worker.run_once()
+    assert fixed.status == "succeeded"
     assert Queue().get(conn, job.id).attempts == 2
 
 
@@ -366,7 +367,7 @@ def test_cancel_while_running_stops_the_work_and_leaves_it_cancelled(
     thread, box = run_in_thread(worker.run_once)
     running = wait_for_job(db_url, job.id, lambda j: j.progress > 0, what="progress")
     Queue().cancel(conn, job.id, reason="changed my mind")
-    outcome: Outcome = joined(thread, box)
+    (outcome,) = joined(thread, box)
 
     assert outcome.status == "cancelled"
     row = Queue().get(conn, job.id)
@@ -376,8 +377,8 @@ def test_cancel_while_running_stops_the_work_and_leaves_it_cancelled(
     assert work_dir_is_clean(tmp_path)
     # the worker goes on with the next job
     other = submit(storage, conn, write_clip(tmp_path / "next.wav", 1.0))
-    after = worker.run_once()
-    assert after is not None and (after.job_id, after.status) == (other.id, "succeeded")
+    (after,) = worker.run_once()
+    assert (after.job_id, after.status) == (other.id, "succeeded")
     worker.close()
     assert not any((tmp_path / "work").iterdir()), "the worker's scratch folder is left"
 
@@ -399,12 +400,131 @@ def test_lost_lease_is_abandoned_without_overwriting(
     later = FakeClock(datetime.now(UTC) + timedelta(seconds=60))
     reaped = Queue(later).reap(conn, backoff_base=0)
     assert [r.job_id for r in reaped] == [job.id]
-    outcome: Outcome = joined(thread, box)
+    (outcome,) = joined(thread, box)
 
     assert outcome.status == "lease_lost"
     row = Queue().get(conn, job.id)
     assert (row.status, row.worker_id, row.error_kind) == ("queued", None, "lease_expired")
     assert stem_keys(job.id, storage, SOURCES, "wav") == []
+
+
+# --- groups: queued jobs share forward passes ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batching_separator() -> Separator:
+    """A separator whose forward passes hold 8 segments, as on an accelerator."""
+    return Separator(
+        load_settings(
+            model="demucs_unittest", device="cpu", model_repo=None, threads=1, batch_size=8
+        )
+    )
+
+
+def test_queued_jobs_are_separated_together_and_end_on_their_own(
+    make_worker: Callable[..., Worker],
+    batching_separator: Separator,
+    storage: Storage,
+    conn: Connection,
+    tmp_path: Path,
+) -> None:
+    params = {"format": "wav", "shifts": 0, "segment": 0.8}
+    jobs = [
+        submit(storage, conn, write_clip(tmp_path / "a.wav", 2.0), params=params),
+        submit(storage, conn, write_corrupt(tmp_path / "b.flac"), params=params),
+        submit(
+            storage, conn, write_clip(tmp_path / "c.flac", 1.5), params={**params, "format": "flac"}
+        ),
+        submit(storage, conn, write_clip(tmp_path / "d.wav", 1.0), params=params),
+    ]
+    passes: list[int] = []
+    batching_separator.loaded.members[0].register_forward_hook(
+        lambda _module, args, _out: passes.append(int(args[0].shape[0]))
+    )
+    worker = make_worker(separator_=batching_separator, group_jobs=3)
+    assert worker.group_size == 3
+
+    first = worker.run_once()  # a, b, c: b is undecodable and fails alone
+    second = worker.run_once()  # d, alone
+
+    assert [(o.job_id, o.status) for o in first] == [
+        (jobs[0].id, "succeeded"),
+        (jobs[1].id, "failed"),
+        (jobs[2].id, "succeeded"),
+    ]
+    assert first[1].error_kind == "undecodable"
+    assert [(o.job_id, o.status) for o in second] == [(jobs[3].id, "succeeded")]
+    rows = {job.id: Queue().get(conn, job.id) for job in jobs}
+    assert rows[jobs[0].id].timings["shared_with"] == rows[jobs[2].id].timings["shared_with"] == 1
+    assert "shared_with" not in rows[jobs[3].id].timings
+    assert len(stem_keys(jobs[0].id, storage, SOURCES, "wav")) == 4
+    assert len(stem_keys(jobs[2].id, storage, SOURCES, "flac")) == 4
+    # 0.8 s segments every 0.6 s: a (2 s) has 3 full segments and a 0.2 s tail, c (1.5 s) 2
+    # and a 0.3 s tail. Together their 5 full segments take one pass and each tail one of its
+    # own (another length); d alone: a full segment and a tail
+    assert passes == [5, 1, 1, 1, 1]
+    assert work_dir_is_clean(tmp_path)
+
+
+def test_a_job_cancelled_in_a_group_stops_while_the_others_finish(
+    make_worker: Callable[..., Worker],
+    batching_separator: Separator,
+    storage: Storage,
+    conn: Connection,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    doomed = submit(storage, conn, write_clip(tmp_path / "a.wav", LONG_SECONDS), params=LONG_PARAMS)
+    kept = submit(storage, conn, write_clip(tmp_path / "b.wav", LONG_SECONDS), params=LONG_PARAMS)
+    worker = make_worker(separator_=batching_separator, group_jobs=2)
+
+    thread, box = run_in_thread(worker.run_once)
+    wait_for_job(db_url, doomed.id, lambda j: j.progress > 0, what="progress")
+    Queue().cancel(conn, doomed.id, reason="changed my mind")
+    outcomes = joined(thread, box)
+
+    assert [(o.job_id, o.status) for o in outcomes] == [
+        (doomed.id, "cancelled"),
+        (kept.id, "succeeded"),
+    ]
+    assert stem_keys(doomed.id, storage, SOURCES, "wav") == []
+    assert len(stem_keys(kept.id, storage, SOURCES, "wav")) == 4
+    assert Queue().get(conn, kept.id).timings["shared_with"] == 1
+
+
+def test_long_inputs_and_other_models_are_not_grouped(
+    make_worker: Callable[..., Worker],
+    batching_separator: Separator,
+    storage: Storage,
+    conn: Connection,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(worker_loop, "GROUP_MAX_SECONDS", 1.5)
+    params = {"shifts": 0, "segment": 0.8}
+    long = submit(storage, conn, write_clip(tmp_path / "long.wav", 2.0), params=params)
+    short = submit(storage, conn, write_clip(tmp_path / "short.wav", 1.0), params=params)
+    other_segment = submit(
+        storage, conn, write_clip(tmp_path / "other.wav", 1.0), params={"shifts": 0, "segment": 0.6}
+    )
+    worker = make_worker(separator_=batching_separator, group_jobs=3)
+
+    outcomes = worker.run_once()
+
+    assert [(o.job_id, o.status) for o in outcomes] == [
+        (long.id, "succeeded"),
+        (short.id, "succeeded"),
+        (other_segment.id, "succeeded"),
+    ]
+    for job in (long, short, other_segment):
+        assert "shared_with" not in Queue().get(conn, job.id).timings
+
+
+def test_group_size_is_one_where_a_pass_holds_one_segment(
+    make_worker: Callable[..., Worker], batching_separator: Separator
+) -> None:
+    assert make_worker().group_size == 1  # CPU: one segment per pass
+    assert make_worker(separator_=batching_separator).group_size == 8
 
 
 # --- the loop: idle exit, drain, notify, two workers, prefetch -----------------------------------

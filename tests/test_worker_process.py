@@ -138,8 +138,8 @@ def test_sigterm_mid_job_releases_it_and_another_worker_completes_it(
     assert not any((tmp_path / "tmp").glob("stemfleet-*")), "temp files left behind"
 
     with finishing_worker(db_url, separator, tmp_path) as second:
-        outcome = second.run_once()
-    assert outcome is not None and outcome.status == "succeeded"
+        (outcome,) = second.run_once()
+    assert outcome.status == "succeeded"
     row = Queue().get(conn, job.id)
     assert (row.status, row.attempts) == ("succeeded", 1)
     assert len(stem_keys(job.id, storage, SOURCES, "wav")) == 4

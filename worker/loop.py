@@ -1,15 +1,20 @@
 """The worker loop: claim a job, download its input, separate, upload the stems, finish the row.
 
-`Worker.run_once()` claims and processes at most one job, start to end, and says what happened.
-`Worker.run()` is the long-lived loop: it keeps the model busy by overlapping the jobs'
-input/output work with the model's work:
+`Worker.run_once()` claims what one turn takes (one job, or a group, below), processes it start
+to end and says what happened. `Worker.run()` is the long-lived loop: it keeps the model busy by
+overlapping the jobs' input/output work with the model's work:
 
+- **groups** (cross-track batching): where a forward pass holds several segments (accelerators),
+  a turn claims up to STEMFLEET_GROUP_JOBS queued jobs and separates them together, their
+  segments sharing the passes, so short clips fill the batch. Jobs of another model or segment
+  length, and inputs over GROUP_MAX_SECONDS (they fill passes alone), run on their own. Each
+  job keeps its own result, errors and cancellation.
 - **prefetch**: when the running job is about to finish (estimated from its progress rate), a
-  background thread claims the next job and downloads its input. Claiming only near the end
-  (rather than as soon as a job starts) keeps a busy worker from sitting on a job that another
-  worker could start now; the lease of the prefetched job is kept alive like any held job.
-- **upload behind**: the stems of a finished job upload and the row completes on a background
-  thread while the next job is already on the model (one upload in flight at a time).
+  background thread claims the next turn's jobs and downloads their inputs. Claiming only near
+  the end (rather than as soon as a job starts) keeps a busy worker from sitting on jobs that
+  another worker could start now; the leases of prefetched jobs are kept alive like any held job.
+- **upload behind**: the stems of a finished turn upload and the rows complete on a background
+  thread while the next turn is already on the model (one upload in flight at a time).
 
 Correctness does not depend on the overlap: every held job is heartbeated (lease + progress +
 cancel detection) by `LeaseKeeper`, every finish applies only under this worker's lease, and
@@ -52,8 +57,9 @@ from app.params import JobParams, parse_params
 from app.queue import Job, Queue
 from app.settings import Settings
 from app.storage import Storage, output_key, safe_filename, storage_from_settings
+from worker.audio import probe_duration
 from worker.leases import HeldJob, LeaseKeeper
-from worker.pipeline import SeparationResult, separate_file
+from worker.pipeline import FileJob, SeparationResult, separate_file, separate_files
 from worker.runtime import WorkerIdentity, detect_identity, spawn
 from worker.separation import JobCancelled, Separator
 from worker.wakeup import QueueWatcher
@@ -76,6 +82,7 @@ PREFETCH_MIN_LEAD = 2.0  # claim the next job when the current one has this much
 FINISH_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
 MAX_DB_RETRY_DELAY = 30.0
 FINAL_UPLOAD_WAIT = 1.0  # seconds close() still gives an upload whose job it released
+GROUP_MAX_SECONDS = 600.0  # longer inputs fill forward passes alone: they run on their own
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}
 
 
@@ -179,8 +186,9 @@ class Worker:
         self._keeper: LeaseKeeper | None = None
         self._watcher: QueueWatcher | None = None
         self._prefetch_lock = threading.Lock()
-        self._prefetching: Future[Prepared | None] | None = None
-        self._uploading: Future[Outcome] | None = None
+        self._prefetching: Future[list[Prepared]] | None = None
+        self._uploading: Future[list[Outcome]] | None = None
+        self.group_size = 1  # jobs claimed per turn; set by start() from the separator
         self._download_s = 0.0  # moving average, sizes the prefetch lead
         self._upload_s = 0.0  # moving average, used by the shutdown estimate
         self._last_busy = 0.0
@@ -195,6 +203,7 @@ class Worker:
         url = self.settings.require_database_url()
         if self.separator is None:
             self.separator = Separator(self.settings)
+        self.group_size = self.settings.group_jobs or self.separator.auto_group_size()
         self._pool = create_pool(url, min_size=1, max_size=6, name="stemfleet-worker")
         try:
             with self._pool.connection() as conn:
@@ -234,6 +243,7 @@ class Worker:
             region=self.identity.region,
             model=self.separator.model_name,
             device=str(self.separator.device),
+            group_size=self.group_size,
         )
 
     def _scratch(self) -> Path:
@@ -297,16 +307,17 @@ class Worker:
         return self._stop.is_set()
 
     # --- the public steps --------------------------------------------------------------------
-    def run_once(self) -> Outcome | None:
-        """Claim at most one job and process it to the end; None when nothing was claimable."""
+    def run_once(self) -> list[Outcome]:
+        """Claim one turn's jobs (at most `group_size`) and process them to the end, in claim
+        order; an empty list when nothing was claimable."""
         self._require_started()
-        prepared = self._claim_and_download()
-        if prepared is None:
-            return None
-        stage = self._model_stage(prepared, prefetch_next=False)
-        outcome = stage if isinstance(stage, Outcome) else self._upload_stage(stage)
-        self._record(outcome)
-        return outcome
+        outcomes = [
+            stage if isinstance(stage, Outcome) else self._upload_stage(stage)
+            for stage in self._model_stage(self._claim_and_download(), prefetch_next=False)
+        ]
+        for outcome in outcomes:
+            self._record(outcome)
+        return outcomes
 
     def run(self) -> ExitReason:
         """The loop, until a stop request, idle exit, a drain with no job, or deregistration."""
@@ -346,16 +357,19 @@ class Worker:
         if self._maintain() == "deregistered":
             return "deregistered"
         prepared = self._take_prefetched()
-        if prepared is None:
+        if not prepared:
             self._wakeup.clear()
             prepared = self._claim_and_download()
-        if prepared is not None:
+        if prepared:
             self.idle.clear()
-            stage = self._model_stage(prepared, prefetch_next=self.prefetch)
-            if isinstance(stage, Outcome):
-                self._record(stage)
-            else:
-                self._start_upload(stage)
+            separated: list[Separated] = []
+            for stage in self._model_stage(prepared, prefetch_next=self.prefetch):
+                if isinstance(stage, Outcome):
+                    self._record(stage)
+                else:
+                    separated.append(stage)
+            if separated:
+                self._start_upload(separated)
             return None
         return self._idle_step()
 
@@ -417,16 +431,20 @@ class Worker:
         return None
 
     # --- claim and download ------------------------------------------------------------------
-    def _claim_and_download(self) -> Prepared | None:
+    def _claim_and_download(self) -> list[Prepared]:
+        """Claim up to `group_size` jobs and download their inputs, in claim order."""
         if self._stop.is_set():
-            return None
+            return []
         pool = self._require_started()
-        assert self.worker_id is not None and self._keeper is not None
+        assert self.worker_id is not None
         with pool.connection() as conn:
-            jobs = self.queue.claim(conn, self.worker_id, lease=self.settings.lease, limit=1)
-        if not jobs:
-            return None
-        job = jobs[0]
+            jobs = self.queue.claim(
+                conn, self.worker_id, lease=self.settings.lease, limit=self.group_size
+            )
+        return [self._download(job) for job in jobs]
+
+    def _download(self, job: Job) -> Prepared:
+        assert self._keeper is not None
         workdir = self._scratch() / f"{job.id}-{job.attempts}"
         held = self._keeper.hold(job, workdir)
         self.log.info(
@@ -450,16 +468,16 @@ class Worker:
         self._download_s = _average(self._download_s, prepared.download_s)
         return prepared
 
-    def _take_prefetched(self) -> Prepared | None:
+    def _take_prefetched(self) -> list[Prepared]:
         with self._prefetch_lock:
             future, self._prefetching = self._prefetching, None
         if future is None:
-            return None
+            return []
         try:
             return future.result()
         except (psycopg.OperationalError, PoolTimeout) as exc:
             self.log.warning("prefetch_failed", error=str(exc))
-            return None
+            return []
 
     def _maybe_prefetch(self, held: HeldJob) -> None:
         if self._stop.is_set() or self.draining or self._prefetching is not None:
@@ -472,8 +490,50 @@ class Worker:
                 self._prefetching = spawn(self._claim_and_download, "prefetch")
 
     # --- the model -----------------------------------------------------------------------------
-    def _model_stage(self, prepared: Prepared, *, prefetch_next: bool) -> Outcome | Separated:
-        """On the calling thread: separate, or end the job here if it cannot go on."""
+    def _model_stage(
+        self, turn: list[Prepared], *, prefetch_next: bool
+    ) -> list[Outcome | Separated]:
+        """On the calling thread: separate the turn's jobs (grouped where they can share
+        forward passes), or end each job here that cannot go on. Results in claim order."""
+        stages: dict[int, Outcome | Separated] = {}
+        groups: dict[tuple[str | None, float | None], list[tuple[int, JobParams]]] = {}
+        for index, prepared in enumerate(turn):
+            params = self._groupable(prepared) if len(turn) > 1 else None
+            if params is None:
+                stages[index] = self._model_stage_alone(prepared, prefetch_next)
+            else:
+                groups.setdefault((params.model, params.segment), []).append((index, params))
+        for members in groups.values():
+            if len(members) == 1:
+                index, _ = members[0]
+                stages[index] = self._model_stage_alone(turn[index], prefetch_next)
+                continue
+            group = [(turn[index], params) for index, params in members]
+            for (index, _), stage in zip(
+                members, self._model_stage_group(group, prefetch_next), strict=True
+            ):
+                stages[index] = stage
+        return [stages[index] for index in range(len(turn))]
+
+    def _groupable(self, prepared: Prepared) -> JobParams | None:
+        """The job's params if it may share forward passes with others; None if it runs alone
+        (it cannot start, its params or input are bad: its own path reports why; or it is long)."""
+        held = prepared.held
+        if held.stopped or self._stop.is_set() or prepared.error is not None:
+            return None
+        assert prepared.input_path is not None and self.separator is not None
+        try:
+            params = parse_params(held.job.params)
+            seconds = probe_duration(prepared.input_path)
+        except Exception:
+            return None
+        preview = self._preview_seconds(held)
+        if min(seconds, preview if preview is not None else seconds) > GROUP_MAX_SECONDS:
+            return None
+        name = params.model or self.separator.model_name
+        return params.model_copy(update={"model": name})
+
+    def _model_stage_alone(self, prepared: Prepared, prefetch_next: bool) -> Outcome | Separated:
         held = prepared.held
         try:
             if held.stopped or self._stop.is_set():
@@ -492,6 +552,72 @@ class Worker:
         except Exception as exc:
             return self._failed(held, exc, {"download": prepared.download_s})
 
+    def _model_stage_group(
+        self, group: list[tuple[Prepared, JobParams]], prefetch_next: bool
+    ) -> list[Outcome | Separated]:
+        """Jobs of one model and segment length separated together (`separate_files`). If the
+        model itself fails (out of accelerator memory, say), each job runs again on its own,
+        where such failures have their own handling."""
+        assert self.separator is not None and self._keeper is not None
+        keeper = self._keeper
+        now = self.clock.monotonic()
+        jobs: list[FileJob] = []
+        for prepared, params in group:
+            held = prepared.held
+            held.model_started_at, held.progress = now, 0.0
+            assert prepared.input_path is not None
+            self.log.info(
+                "job_separating",
+                job_id=str(held.id),
+                input=held.job.input_key,
+                group=[str(p.held.id) for p, _ in group],
+            )
+
+            def progress(value: float, held: HeldJob = held) -> None:
+                keeper.report(held, value)
+                if prefetch_next:
+                    self._maybe_prefetch(held)
+
+            def should_stop(held: HeldJob = held) -> bool:
+                return self._should_stop(held)
+
+            jobs.append(
+                FileJob(
+                    prepared.input_path,
+                    held.workdir / "stems",
+                    params,
+                    preview_seconds=self._preview_seconds(held),
+                    max_seconds=self.settings.max_duration,
+                    progress=progress,
+                    should_stop=should_stop,
+                )
+            )
+        try:
+            results = separate_files(self.separator, jobs)
+        except Exception as exc:
+            self.log.warning(
+                "group_failed_running_alone",
+                jobs=[str(p.held.id) for p, _ in group],
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            _free_accelerator_memory()
+            for job in jobs:
+                shutil.rmtree(job.out_dir, ignore_errors=True)
+            return [self._model_stage_alone(prepared, prefetch_next) for prepared, _ in group]
+        stages: list[Outcome | Separated] = []
+        for (prepared, params), result in zip(group, results, strict=True):
+            timings = {"download": prepared.download_s}
+            if isinstance(result, SeparationResult):
+                stages.append(Separated(prepared, params, result))
+            elif isinstance(result, JobCancelled):
+                stages.append(self._stopped(prepared.held, timings))
+            else:
+                stages.append(self._failed(prepared.held, result, timings))
+        return stages
+
+    def _preview_seconds(self, held: HeldJob) -> float | None:
+        return self.settings.preview_seconds if held.job.kind == "preview" else None
+
     def _separate(
         self, held: HeldJob, input_path: Path, params: JobParams, prefetch_next: bool
     ) -> SeparationResult:
@@ -504,7 +630,7 @@ class Worker:
             if prefetch_next:
                 self._maybe_prefetch(held)
 
-        preview = self.settings.preview_seconds if held.job.kind == "preview" else None
+        preview = self._preview_seconds(held)
         while True:
             held.model_started_at = self.clock.monotonic()
             held.progress = 0.0
@@ -560,11 +686,14 @@ class Worker:
         return now + remaining + self._upload_s > deadline
 
     # --- upload and complete -------------------------------------------------------------------
-    def _start_upload(self, separated: Separated) -> None:
-        """Upload in the background, one job at a time: wait for the previous one first."""
+    def _start_upload(self, turn: list[Separated]) -> None:
+        """Upload a turn's jobs in the background, one after the other; one turn in flight at a
+        time: wait for the previous one first."""
         self._collect_upload(wait=True)
-        job_id = separated.prepared.held.id
-        self._uploading = spawn(lambda: self._upload_stage(separated), f"upload-{job_id}")
+        job_id = turn[0].prepared.held.id
+        self._uploading = spawn(
+            lambda: [self._upload_stage(separated) for separated in turn], f"upload-{job_id}"
+        )
         # Wake the loop when it ends, so an idle worker records it and may exit.
         self._uploading.add_done_callback(lambda _: self._wakeup.set())
 
@@ -573,11 +702,12 @@ class Worker:
         if future is None or (not wait and not future.done()):
             return
         try:
-            outcome = future.result(timeout=timeout)
+            outcomes = future.result(timeout=timeout)
         except FutureTimeout:
             return
         self._uploading = None
-        self._record(outcome)
+        for outcome in outcomes:
+            self._record(outcome)
 
     def _upload_stage(self, separated: Separated) -> Outcome:
         prepared, params, result = separated.prepared, separated.params, separated.result
@@ -738,9 +868,9 @@ class Worker:
             try:
                 prepared = future.result(timeout=left())
             except (FutureTimeout, psycopg.Error, PoolTimeout):
-                prepared = None
-            if prepared is not None:
-                self._record(self._release(prepared.held))
+                prepared = []
+            for item in prepared:
+                self._record(self._release(item.held))
         if self._uploading is not None:
             self._collect_upload(wait=True, timeout=left())
 

@@ -52,6 +52,7 @@ from app.settings import Settings
 # within one segment, and bigger activations miss the caches. Batching pays on accelerators.
 CPU_BATCH_SIZE = 1
 MAX_AUTO_BATCH = 32
+MAX_AUTO_GROUP = 8  # jobs separated together by default where a pass holds several segments
 CACHED_MODELS = 2  # models loaded on demand, besides the configured one
 KNOWN_MODELS = (
     "htdemucs",
@@ -617,6 +618,13 @@ class Separator:
         if key not in self._batch_sizes:
             self._batch_sizes[key] = self._measure_batch_size(loaded, segment_frames)
         return self._batch_sizes[key]
+
+    def auto_group_size(self) -> int:
+        """How many queued jobs to separate together when STEMFLEET_GROUP_JOBS is 0: one where
+        a forward pass holds one segment (CPU), else as many as a pass holds, up to
+        MAX_AUTO_GROUP, so short clips fill large accelerator batches."""
+        segment = int(float(self.loaded.members[0].segment) * self.loaded.samplerate)
+        return max(1, min(MAX_AUTO_GROUP, self.batch_size_for(self.loaded, segment)))
 
     def _measure_batch_size(self, loaded: LoadedModel, segment_frames: int) -> int:
         """Run one segment, see how much memory it took, fill 70% of what is free."""
