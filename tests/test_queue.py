@@ -298,3 +298,31 @@ def test_prune_removes_only_old_finished_rows(
     assert queue.prune_finished(conn, older_than=7 * 24 * 3600) == 1
     remaining = [r["id"] for r in conn.execute("select id from public.jobs").fetchall()]
     assert remaining == [keep_queued.id]
+
+
+def test_claim_and_complete_skip_the_flush_wait_for_their_own_transaction_only(
+    queue: Queue, conn: Connection
+) -> None:
+    def setting() -> str:
+        row = conn.execute("show synchronous_commit").fetchone()
+        assert row is not None
+        return str(row["synchronous_commit"])
+
+    conn.execute("set synchronous_commit = on")  # the test cluster's default is off
+    with conn.transaction():
+        job = enqueue(queue, conn)
+        assert setting() == "on"  # a user's job is durable before the API answers
+    w = worker(queue, conn)
+    with conn.transaction():
+        (claimed,) = queue.claim(conn, w, lease=60)
+        assert setting() == "off"
+    assert setting() == "on"  # nothing leaks into the (pooled) session
+    with conn.transaction():
+        queue.complete(conn, claimed, output={})
+        assert setting() == "off"
+    assert setting() == "on"
+    assert queue.get(conn, job.id).status == "succeeded"
+    other = enqueue(queue, conn)
+    with conn.transaction():
+        queue.cancel(conn, other.id, reason="no")
+        assert setting() == "on"
