@@ -218,15 +218,6 @@ def _wait_for_line(lines: queue.Queue[str], text: str, timeout: float) -> list[s
     raise AssertionError(f"no line with {text!r} within {timeout}s; got:\n{''.join(seen)}")
 
 
-def _wait_for_worker(data_dir: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any("worker" in p for p in processes_marked(str(data_dir))):
-            return
-        time.sleep(0.2)  # polling /proc for a real process to appear (bounded)
-    raise AssertionError("the scaler started no worker")
-
-
 @dataclass
 class Up:
     process: subprocess.Popen[str]
@@ -248,7 +239,10 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     env = _environment(folder, tmp, STEMFLEET_MODEL_REPO=str(repo))
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--port", str(port), "--scaler-interval", "1"],
+        [
+            *(sys.executable, "-m", "app.cli", "up", "--logs"),
+            *("--port", str(port), "--scaler-interval", "1"),
+        ],
         env={**env, "STEMFLEET_MIN_MACHINES": "1"},
         cwd=tmp,
         stdout=subprocess.PIPE,
@@ -262,7 +256,9 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
         banner = "".join(_wait_for_line(lines, "Press Ctrl-C", 120))
         assert f"http://127.0.0.1:{port}" in banner
         assert "token     sfdev_" in banner
-        _wait_for_worker(folder, 120)
+        # the scaler's log line (up's own output with --logs), before or after the banner
+        if "local_worker_spawned" not in banner:
+            _wait_for_line(lines, "local_worker_spawned", 120)
         yield Up(process, lines, folder, env, model)
     finally:
         if process.poll() is None:
