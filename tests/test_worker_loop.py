@@ -639,6 +639,35 @@ def test_prefetch_and_background_upload_keep_every_job_correct(
     assert work_dir_is_clean(tmp_path)
 
 
+def test_groups_pipeline_like_single_jobs(
+    make_worker: Callable[..., Worker],
+    batching_separator: Separator,
+    storage: Storage,
+    conn: Connection,
+    db_url: str,
+    tmp_path: Path,
+) -> None:
+    """Turns of two jobs separated together: the next turn is claimed ahead and the last one
+    uploads behind, as for single jobs."""
+    clip = write_clip(tmp_path / "a.wav", 2.0)
+    jobs = [submit(storage, conn, clip, params={"shifts": 2}) for _ in range(6)]
+    worker = make_worker(separator_=batching_separator, group_jobs=2, prefetch=True)
+    thread, box = run_in_thread(worker.run)
+
+    finished = wait_until_all_final(db_url, [j.id for j in jobs], timeout=240)
+
+    worker.request_stop()
+    assert joined(thread, box) == "stopped"
+    assert [j.status for j in finished] == ["succeeded"] * 6
+    assert all(j.timings["shared_with"] == 1 and j.attempts == 1 for j in finished)
+    turns = [finished[i : i + 2] for i in range(0, 6, 2)]
+    for previous, following in itertools.pairwise(turns):
+        # claimed together, and before the previous turn had finished
+        assert following[0].started_at == following[1].started_at
+        assert following[0].started_at < max(j.finished_at for j in previous)  # type: ignore[operator,type-var]
+    assert work_dir_is_clean(tmp_path)
+
+
 def test_stop_during_a_pipelined_run_leaves_nothing_running(
     make_worker: Callable[..., Worker],
     storage: Storage,

@@ -479,11 +479,15 @@ class Worker:
             self.log.warning("prefetch_failed", error=str(exc))
             return []
 
-    def _maybe_prefetch(self, held: HeldJob) -> None:
+    def _maybe_prefetch(self, running: list[HeldJob]) -> None:
+        """Claim the next turn once the jobs on the model (a group: the slowest) are about to
+        end."""
         if self._stop.is_set() or self.draining or self._prefetching is not None:
             return
-        remaining = held.remaining_model_seconds(self.clock.monotonic())
-        if remaining is None or remaining > max(PREFETCH_MIN_LEAD, 2 * self._download_s):
+        now = self.clock.monotonic()
+        remaining = [held.remaining_model_seconds(now) for held in running]
+        lead = max(PREFETCH_MIN_LEAD, 2 * self._download_s)
+        if any(r is None or r > lead for r in remaining):
             return
         with self._prefetch_lock:
             if self._prefetching is None:
@@ -495,24 +499,25 @@ class Worker:
     ) -> list[Outcome | Separated]:
         """On the calling thread: separate the turn's jobs (grouped where they can share
         forward passes), or end each job here that cannot go on. Results in claim order."""
-        stages: dict[int, Outcome | Separated] = {}
-        groups: dict[tuple[str | None, float | None], list[tuple[int, JobParams]]] = {}
+        units: list[list[int]] = []  # each runs alone (one job) or as a group
+        groups: dict[tuple[str | None, float | None], list[int]] = {}
+        params_of: dict[int, JobParams] = {}
         for index, prepared in enumerate(turn):
             params = self._groupable(prepared) if len(turn) > 1 else None
             if params is None:
-                stages[index] = self._model_stage_alone(prepared, prefetch_next)
+                units.append([index])
             else:
-                groups.setdefault((params.model, params.segment), []).append((index, params))
-        for members in groups.values():
-            if len(members) == 1:
-                index, _ = members[0]
-                stages[index] = self._model_stage_alone(turn[index], prefetch_next)
-                continue
-            group = [(turn[index], params) for index, params in members]
-            for (index, _), stage in zip(
-                members, self._model_stage_group(group, prefetch_next), strict=True
-            ):
-                stages[index] = stage
+                params_of[index] = params
+                groups.setdefault((params.model, params.segment), []).append(index)
+        units += groups.values()
+        stages: dict[int, Outcome | Separated] = {}
+        for number, unit in enumerate(units, start=1):
+            prefetch = prefetch_next and number == len(units)  # the last unit claims ahead
+            if len(unit) == 1:
+                stages[unit[0]] = self._model_stage_alone(turn[unit[0]], prefetch)
+            else:
+                group = [(turn[index], params_of[index]) for index in unit]
+                stages.update(zip(unit, self._model_stage_group(group, prefetch), strict=True))
         return [stages[index] for index in range(len(turn))]
 
     def _groupable(self, prepared: Prepared) -> JobParams | None:
@@ -561,6 +566,7 @@ class Worker:
         assert self.separator is not None and self._keeper is not None
         keeper = self._keeper
         now = self.clock.monotonic()
+        running = [prepared.held for prepared, _ in group]
         jobs: list[FileJob] = []
         for prepared, params in group:
             held = prepared.held
@@ -576,7 +582,7 @@ class Worker:
             def progress(value: float, held: HeldJob = held) -> None:
                 keeper.report(held, value)
                 if prefetch_next:
-                    self._maybe_prefetch(held)
+                    self._maybe_prefetch(running)
 
             def should_stop(held: HeldJob = held) -> bool:
                 return self._should_stop(held)
@@ -628,7 +634,7 @@ class Worker:
         def progress(value: float) -> None:
             keeper.report(held, value)
             if prefetch_next:
-                self._maybe_prefetch(held)
+                self._maybe_prefetch([held])
 
         preview = self._preview_seconds(held)
         while True:
