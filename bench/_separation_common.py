@@ -203,6 +203,7 @@ class WorkerBench:
     device: str = "cpu"
     precision: str = "fp32"
     batch_size: int = 0
+    group_jobs: int = 0
     settings: Settings | None = None
     separator: Separator | None = None
     worker: Worker | None = None
@@ -238,6 +239,7 @@ class WorkerBench:
             device=self.device,
             precision=self.precision,
             batch_size=self.batch_size,
+            group_jobs=self.group_jobs,
             threads=self.threads,
             worker_idle_exit=0,
             machine_id=f"bench-{uuid.uuid4().hex[:8]}",

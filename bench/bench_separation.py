@@ -116,6 +116,7 @@ def stemfleet_extra(bench: WorkerBench, jobs_runs: list[JobsRun]) -> dict[str, A
         "model_load_s": bench.model_load_s,
         "worker_start_s": bench.worker_start_s,
         "batch_size": bench.separator.batch_size_for(loaded, segment),
+        "group_size": bench.worker.group_size if bench.worker else 1,
         "stages": {name: sum(r.stage_sum(name) for r in jobs_runs) for name in STAGES},
         "postgres": bench.postgres,
     }
@@ -494,7 +495,8 @@ def analysis(
         lines.append(
             f"- One-time worker start-up, not in any wall time: model load "
             f"{some.extra['model_load_s']:.1f} s, register + heartbeats + LISTEN "
-            f"{some.extra['worker_start_s']:.2f} s. Batch size: {some.extra['batch_size']}."
+            f"{some.extra['worker_start_s']:.2f} s. Batch size: {some.extra['batch_size']}; jobs "
+            f"separated together when several are queued: {some.extra.get('group_size', 1)}."
         )
     if ours and loop and ours.forward_s and loop.forward_s:
         lines.append(
@@ -664,6 +666,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch-size", type=int, default=0, help="stemfleet's; 0: the worker's default"
     )
     parser.add_argument(
+        "--group-jobs",
+        type=int,
+        default=0,
+        help="stemfleet's STEMFLEET_GROUP_JOBS (jobs separated together in the all-queued run); "
+        "0: the worker's default (1 on CPU, up to 8 on an accelerator)",
+    )
+    parser.add_argument(
         "--batch-compare",
         default=None,
         help="batch sizes to time on the first clip (0: the worker's default); '' to skip "
@@ -722,6 +731,7 @@ def main(argv: list[str] | None = None) -> int:
                         device=args.device,
                         precision=args.precision,
                         batch_size=args.batch_size,
+                        group_jobs=args.group_jobs,
                     )
                 )
             batch = run_batch(bench, clips) if bench and "batch" in args.variants else None
