@@ -20,7 +20,10 @@ from app.settings import Settings, load_settings, parse_duration
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--once", action="store_true", help="process at most one job, then exit (for cron/tests)"
+        "--once",
+        action="store_true",
+        help="process one turn (at most one job; a group of up to STEMFLEET_GROUP_JOBS "
+        "on an accelerator), then exit (for cron/tests)",
     )
     parser.add_argument("--model", help="Demucs model name (default: STEMFLEET_MODEL)")
     parser.add_argument(
