@@ -485,7 +485,7 @@ class Worker:
         if self._stop.is_set() or self.draining or self._prefetching is not None:
             return
         now = self.clock.monotonic()
-        remaining = [held.remaining_model_seconds(now) for held in running]
+        remaining = [held.remaining_model_seconds(now) for held in running if not held.stopped]
         lead = max(PREFETCH_MIN_LEAD, 2 * self._download_s)
         if any(r is None or r > lead for r in remaining):
             return
