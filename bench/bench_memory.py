@@ -11,7 +11,8 @@ Run from the repository root:
 the whole input is still decoded to disk and the normalisation statistics computed over all of
 it, and the encoders are open and written to, so every allocation that grows with the input's
 length has happened; only the time-consuming rest of the model's batches (constant memory per
-batch) is skipped. On a 2-core CPU a full hour of htdemucs takes about 7 hours.
+batch) is skipped. On the 2-core development machine the whole hour took 84 minutes on one
+thread (bench/results/memory.md).
 
 It writes a random-weight model into a local Demucs model folder (the architecture of
 `htdemucs`: 42 M parameters, 7.8 s segments; or `small`, the tests' 0.4 M-parameter HTDemucs)

@@ -722,8 +722,11 @@ stemfleet, p50 from the insert to the worker's listener waking: {ms(woken)}.
   every job is checked `succeeded` afterwards. Processes, not threads: on
   {machine["cpus"]} cores threads would measure the GIL.
 - Both queues keep finished rows (procrastinate `delete_jobs` = never). Durability is the
-  server's: see fsync and synchronous_commit above. Every commit waits for a WAL flush, so the
-  disk flush time above is the floor under each figure; on a shared machine it varies a lot.
+  server's (fsync and synchronous_commit above), except that stemfleet's `queue.claim` and
+  `queue.complete` commit without waiting for their WAL flush (synchronous_commit off for their
+  own transaction; a crash can roll back the last fraction of a second of them, and the lease
+  re-runs those jobs once). Every other commit, procrastinate's included, waits for its flush,
+  so the disk flush time above is a floor under the figures; on a shared machine it varies.
 """
 
 
