@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from app.db import Connection, as_user
+from app.queue import Queue
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000000c")
 
@@ -100,6 +101,18 @@ def test_admin_workers_view_reports_heartbeat_age(conn: Connection) -> None:
     (row,) = conn.execute("select * from admin.workers").fetchall()
     assert row["machine_id"] == "m1"
     assert row["heartbeat_age_s"] == pytest.approx(42, abs=1)
+    assert row["running_jobs"] == 0
+
+
+def test_admin_workers_view_counts_a_groups_running_jobs(conn: Connection) -> None:
+    queue = Queue()
+    for name in ("a", "b", "c"):
+        queue.enqueue(conn, user_id=USER, input_key=f"inputs/{USER}/{name}.wav")
+    worker = queue.register_worker(conn, machine_id="gpu-1")
+    queue.claim(conn, worker.id, lease=60, limit=2)  # a group of two
+
+    (row,) = conn.execute("select * from admin.workers").fetchall()
+    assert (row["state"], row["running_jobs"]) == ("busy", 2)
 
 
 @pytest.mark.parametrize(
