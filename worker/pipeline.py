@@ -137,6 +137,19 @@ def _file_reader(handle: BinaryIO, channels: int, length: int) -> MixReader:
     return read
 
 
+@dataclass
+class FileJob:
+    """One input to separate and its options (the arguments of `separate_file`)."""
+
+    input_path: Path
+    out_dir: Path
+    params: JobParams
+    preview_seconds: float | None = None
+    max_seconds: float | None = None
+    progress: ProgressFn | None = None
+    should_stop: StopFn | None = None
+
+
 def separate_file(
     separator: Separator,
     input_path: Path,
@@ -156,19 +169,12 @@ def separate_file(
     (undecodable / empty / too_long / invalid_params) and JobCancelled. Audio longer than
     `stream_over_seconds` streams through a temporary file in `out_dir` (see the module doc).
     """
+    job = FileJob(input_path, out_dir, params, preview_seconds, max_seconds, progress, should_stop)
     loaded = separator.model_for(params.model)
-    separator.check_params(loaded, params)
-    seconds = probe_duration(input_path)
-    if preview_seconds is not None:
-        seconds = min(seconds, preview_seconds)
-    check_duration(input_path.name, seconds, max_seconds)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    seconds = _check(separator, loaded, job)
     plan = output_plan(loaded.sources, params)
     run = _separate_in_memory if seconds <= stream_over_seconds else _separate_streamed
-    stems, frames, timings = run(
-        separator, loaded, input_path, out_dir, params, plan, preview_seconds, max_seconds,
-        progress, should_stop,
-    )  # fmt: skip
+    stems, frames, timings = run(separator, loaded, job, plan)
     return SeparationResult(
         stems=stems,
         duration_s=frames / loaded.samplerate,
@@ -181,31 +187,36 @@ def separate_file(
 _Run = tuple[dict[str, Path], int, dict[str, float]]
 
 
+def _check(separator: Separator, loaded: LoadedModel, job: FileJob) -> float:
+    """Everything that can fail before any work (params, a readable input, its duration), then
+    the output folder. Returns the seconds of audio to separate."""
+    separator.check_params(loaded, job.params)
+    seconds = probe_duration(job.input_path)
+    if job.preview_seconds is not None:
+        seconds = min(seconds, job.preview_seconds)
+    check_duration(job.input_path.name, seconds, job.max_seconds)
+    job.out_dir.mkdir(parents=True, exist_ok=True)
+    return seconds
+
+
 def _separate_in_memory(
-    separator: Separator,
-    loaded: LoadedModel,
-    input_path: Path,
-    out_dir: Path,
-    params: JobParams,
-    plan: list[tuple[str, list[int]]],
-    preview_seconds: float | None,
-    max_seconds: float | None,
-    progress: ProgressFn | None,
-    should_stop: StopFn | None,
+    separator: Separator, loaded: LoadedModel, job: FileJob, plan: list[tuple[str, list[int]]]
 ) -> _Run:
     started = time.perf_counter()
     wav = decode(
-        input_path,
+        job.input_path,
         samplerate=loaded.samplerate,
         channels=loaded.audio_channels,
-        max_seconds=max_seconds,
-        duration=preview_seconds,
+        max_seconds=job.max_seconds,
+        duration=job.preview_seconds,
     )
     decoded = time.perf_counter()
-    stems = separator.separate(wav, params, progress=progress, should_stop=should_stop)
+    stems = separator.separate(wav, job.params, progress=job.progress, should_stop=job.should_stop)
     separated = time.perf_counter()
     with ExitStack() as stack:
-        outputs = _Outputs(stack, out_dir, plan, loaded.samplerate, loaded.audio_channels, params)
+        outputs = _Outputs(
+            stack, job.out_dir, plan, loaded.samplerate, loaded.audio_channels, job.params
+        )
         for start in range(0, wav.shape[-1], BLOCK_FRAMES):
             end = start + BLOCK_FRAMES
             outputs.write(torch.stack([stems[name][..., start:end] for name in loaded.sources]))
@@ -229,23 +240,17 @@ class _DecodedMix:
     seconds: float  # spent decoding
 
 
-def _decode_to_file(
-    loaded: LoadedModel,
-    input_path: Path,
-    mix_path: Path,
-    preview_seconds: float | None,
-    max_seconds: float | None,
-    should_stop: StopFn | None,
-) -> _DecodedMix:
+def _decode_to_file(loaded: LoadedModel, job: FileJob, mix_path: Path) -> _DecodedMix:
     started = time.perf_counter()
     frames, total, squares = 0, 0.0, 0.0
+    should_stop = job.should_stop
     with mix_path.open("wb") as handle:
         for block in iter_decode(
-            input_path,
+            job.input_path,
             samplerate=loaded.samplerate,
             channels=loaded.audio_channels,
-            max_seconds=max_seconds,
-            duration=preview_seconds,
+            max_seconds=job.max_seconds,
+            duration=job.preview_seconds,
         ):
             handle.write(block.t().contiguous().numpy().tobytes())
             ref = block.double().mean(0)
@@ -266,31 +271,16 @@ def _decode_to_file(
 
 
 def _separate_streamed(
-    separator: Separator,
-    loaded: LoadedModel,
-    input_path: Path,
-    out_dir: Path,
-    params: JobParams,
-    plan: list[tuple[str, list[int]]],
-    preview_seconds: float | None,
-    max_seconds: float | None,
-    progress: ProgressFn | None,
-    should_stop: StopFn | None,
+    separator: Separator, loaded: LoadedModel, job: FileJob, plan: list[tuple[str, list[int]]]
 ) -> _Run:
-    channels = loaded.audio_channels
-    with tempfile.TemporaryDirectory(prefix=".stemfleet-", dir=out_dir) as tmp:
-        mix = _decode_to_file(
-            loaded, input_path, Path(tmp) / "mix.f32", preview_seconds, max_seconds, should_stop
-        )
+    with tempfile.TemporaryDirectory(prefix=".stemfleet-", dir=job.out_dir) as tmp:
+        mix = _decode_to_file(loaded, job, Path(tmp) / "mix.f32")
         started = time.perf_counter()
-        with ExitStack() as stack, mix.path.open("rb") as handle:
-            outputs = _Outputs(stack, out_dir, plan, loaded.samplerate, channels, params)
-            reader = _file_reader(handle, channels, mix.frames)
-            separator.run(
-                loaded,
-                Stream(mix.frames, reader, mix.mean, mix.std, params, outputs.write, progress,
-                       should_stop),
-            )  # fmt: skip
+        with ExitStack() as stack:
+            outputs = _Outputs(
+                stack, job.out_dir, plan, loaded.samplerate, loaded.audio_channels, job.params
+            )
+            separator.run(loaded, _stream(job, mix, outputs, loaded, stack))
             files = outputs.commit()
         finished = time.perf_counter()
     timings = {
@@ -299,19 +289,6 @@ def _separate_streamed(
         "encode": outputs.seconds,
     }
     return files, mix.frames, timings
-
-
-@dataclass
-class FileJob:
-    """One input of `separate_files`, with the same options as `separate_file`."""
-
-    input_path: Path
-    out_dir: Path
-    params: JobParams
-    preview_seconds: float | None = None
-    max_seconds: float | None = None
-    progress: ProgressFn | None = None
-    should_stop: StopFn | None = None
 
 
 @dataclass
@@ -345,7 +322,9 @@ def separate_files(separator: Separator, jobs: list[FileJob]) -> list[Separation
                 results[index] = exc
         order = sorted(members)
         started = time.perf_counter()
-        streams = [_stream(members[i], loaded) for i in order]
+        streams = [
+            _stream(m.job, m.mix, m.outputs, loaded, m.stack) for m in (members[i] for i in order)
+        ]
         ended = separator.run_together(loaded, streams) if streams else []
         wall = time.perf_counter() - started
         for index, result in zip(order, ended, strict=True):
@@ -380,19 +359,11 @@ def _open_member(
     loaded: LoadedModel, separator: Separator, job: FileJob, stack: ExitStack
 ) -> _Member:
     """Check, decode to a file and open the encoders of one input of `separate_files`."""
-    separator.check_params(loaded, job.params)
-    seconds = probe_duration(job.input_path)
-    if job.preview_seconds is not None:
-        seconds = min(seconds, job.preview_seconds)
-    check_duration(job.input_path.name, seconds, job.max_seconds)
-    job.out_dir.mkdir(parents=True, exist_ok=True)
+    _check(separator, loaded, job)
     tmp = Path(
         stack.enter_context(tempfile.TemporaryDirectory(prefix=".stemfleet-", dir=job.out_dir))
     )
-    mix = _decode_to_file(
-        loaded, job.input_path, tmp / "mix.f32", job.preview_seconds, job.max_seconds,
-        job.should_stop,
-    )  # fmt: skip
+    mix = _decode_to_file(loaded, job, tmp / "mix.f32")
     plan = output_plan(loaded.sources, job.params)
     outputs = _Outputs(
         stack, job.out_dir, plan, loaded.samplerate, loaded.audio_channels, job.params
@@ -400,16 +371,19 @@ def _open_member(
     return _Member(job, stack, mix, outputs)
 
 
-def _stream(member: _Member, loaded: LoadedModel) -> Stream:
-    handle = member.stack.enter_context(member.mix.path.open("rb"))
-    job = member.job
+def _stream(
+    job: FileJob, mix: _DecodedMix, outputs: _Outputs, loaded: LoadedModel, stack: ExitStack
+) -> Stream:
+    """The separator's view of one decoded input: windows read from its mix file (opened on
+    `stack`), finished output to its encoders."""
+    handle = stack.enter_context(mix.path.open("rb"))
     return Stream(
-        member.mix.frames,
-        _file_reader(handle, loaded.audio_channels, member.mix.frames),
-        member.mix.mean,
-        member.mix.std,
+        mix.frames,
+        _file_reader(handle, loaded.audio_channels, mix.frames),
+        mix.mean,
+        mix.std,
         job.params,
-        member.outputs.write,
+        outputs.write,
         job.progress,
         job.should_stop,
     )
