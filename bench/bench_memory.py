@@ -34,7 +34,6 @@ import sys
 import tempfile
 import threading
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import soundfile as sf
@@ -44,7 +43,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from audio_fixtures import (  # noqa: E402
-    SOURCES,
     small_htdemucs_kwargs,
     tone,
     write_random_htdemucs_repo,
@@ -55,19 +53,8 @@ from app.settings import load_settings  # noqa: E402
 from worker.pipeline import IN_MEMORY_SECONDS, separate_file  # noqa: E402
 from worker.separation import JobCancelled, Separator  # noqa: E402
 
-HTDEMUCS_KWARGS = {  # the published htdemucs model's architecture
-    "sources": SOURCES,
-    "audio_channels": 2,
-    "samplerate": 44100,
-    "segment": Fraction(39, 5),
-    "channels": 48,
-    "depth": 4,
-    "nfft": 4096,
-    "dconv_mode": 3,
-    "bottom_channels": 512,
-    "t_layers": 5,
-    "t_heads": 8,
-}
+sys.path.insert(0, str(ROOT / "scripts"))
+from fetch_model import HTDEMUCS_KWARGS  # noqa: E402  (the published architecture)
 
 
 def rss_mib() -> float:
