@@ -143,8 +143,10 @@ def test_local_machines_survive_the_scaler_process_and_bad_commands_are_named(
     sleeper = LocalProvider(
         the_settings, command=["/bin/sh", "-c", "exec sleep 60"], env={"PATH": "/usr/bin:/bin"}
     )
-    machine = sleeper.create()
+    machine = sleeper.create("stemfleet-worker-a", 0.0)
     assert machine.size == "local" and machine.hourly_usd == 0.0
+    assert machine.booted_at is not None and machine.state == "started"
+    assert sleeper.create("stemfleet-worker-a", 0.0).id == machine.id  # a name is made once
     # A new provider object (the next `scaler once`) finds the machine from its state file and
     # recognises the process as that machine's.
     later = LocalProvider(the_settings, command=["/bin/false"])
@@ -152,10 +154,12 @@ def test_local_machines_survive_the_scaler_process_and_bad_commands_are_named(
     later.stop(machine.id)
     assert later.wait(machine.id, "stopped", timeout=30)
     assert [(m.id, m.state) for m in sleeper.list()] == [(machine.id, "stopped")]
+    later.destroy(machine.id)
+    assert later.list() == []
 
     broken = LocalProvider(the_settings, command=[str(tmp_path / "no-such-worker")])
     with pytest.raises(ProviderError, match="STEMFLEET_LOCAL_WORKER_COMMAND") as error:
-        broken.create()
+        broken.create("stemfleet-worker-b", 0.0)
     assert error.value.kind == "spawn_failed"
     with pytest.raises(ProviderError, match="no local machine"):
         broken.start("local-missing")
