@@ -183,7 +183,15 @@ class Scaler:
                 conn,
                 provider=self.provider.name,
                 machines=[
-                    MachineReport(m.id, m.size, m.hourly_usd, m.billed, m.state_since)
+                    MachineReport(
+                        m.id,
+                        m.size,
+                        m.hourly_usd,
+                        m.billed,
+                        m.state_since,
+                        stopped_hourly_usd=m.stopped_hourly_usd,
+                        parked=m.state in ("stopped", "failed"),
+                    )
                     for m in machines
                 ],
             )
