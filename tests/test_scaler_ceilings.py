@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +18,16 @@ from scaler.policy import plan
 from scaler.providers.fly import FlyProvider
 from scaler.reconcile import Scaler
 from tests.fake_fly import FakeFly
-from tests.scaler_support import NOW, TEMPLATE, backlog, fleet, machine, settings, spend, worker
+from tests.scaler_support import (
+    NOW,
+    TEMPLATE,
+    backlog,
+    fleet,
+    machine,
+    settings,
+    spend,
+    worker,
+)
 from tests.worker_helpers import libpq_url
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f2")
@@ -82,14 +90,6 @@ def test_a_restarted_machine_is_not_judged_by_its_previous_boots_worker(state: s
 
 
 # --- creates whose answer is lost (real HTTP, the fake Fly server) ------------------------------
-
-
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeFly]:
-    server = FakeFly(clock)
-    server.start()
-    yield server
-    server.stop()
 
 
 def fly_scaler(fake: FakeFly, clock: FakeClock, db_url: str, **overrides: Any) -> Scaler:

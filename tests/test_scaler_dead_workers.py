@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
@@ -70,14 +69,6 @@ def test_a_worker_registered_after_the_provider_was_asked_is_not_released(
     queue.claim(conn, newer.id, lease=LEASE)
     assert queue.release_dead_workers(conn, ["m1"], seen_at=seen) == []
     assert queue.get(conn, job.id).status == "running"
-
-
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeFly]:
-    server = FakeFly(clock)
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("death", ["stopped", "failed", "destroyed"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,6 @@ from tests.scaler_support import TEMPLATE, settings
 from tests.worker_helpers import libpq_url
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f1")
-
-
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeFly]:
-    server = FakeFly(clock)
-    server.start()
-    yield server
-    server.stop()
 
 
 class Sleeps:
