@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.clock import FakeClock
 from app.queue import Worker
 from app.settings import Settings, load_settings
 from scaler.model import Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.providers.fly import FlyProvider
+from scaler.reconcile import Scaler
+from tests.fake_fly import FakeFly
+from tests.worker_helpers import libpq_url
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 PRICE = 0.3556  # performance-8x
@@ -170,3 +176,24 @@ def check_plan(result: Plan, the_fleet: Fleet, the_settings: Settings, the_spend
         assert the_spend.month_usd + ahead <= the_settings.monthly_budget_usd + 1e-9
         started = [a.machine_id for a in starts if a.machine_id]
         assert len(started) == len(set(started))
+
+
+def fly_settings(fake: FakeFly, db_url: str = "", **overrides: Any) -> Settings:
+    """Settings for the Fly provider talking to `fake` (and the database at `db_url`)."""
+    return settings(
+        provider="fly",
+        fly_api_url=fake.url,
+        fly_api_token=fake.token,
+        fly_app=fake.app,
+        database_url=libpq_url(db_url) if db_url else "",
+        **overrides,
+    )
+
+
+def fly_scaler(fake: FakeFly, clock: FakeClock, db_url: str, **overrides: Any) -> Scaler:
+    """A scaler on the fake Fly whose waits move the fake clock instead of sleeping."""
+    the_settings = fly_settings(fake, db_url, **overrides)
+    fly = FlyProvider(
+        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(5)
+    )
+    return Scaler(the_settings, fly, database_url=db_url, clock=clock)

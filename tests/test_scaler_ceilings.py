@@ -4,7 +4,6 @@ with its previous boot's worker row."""
 
 from __future__ import annotations
 
-import random
 import uuid
 from typing import Any
 
@@ -15,20 +14,17 @@ from app.db import Connection
 from app.queue import Queue
 from scaler.model import Fleet, FleetMachine, Plan
 from scaler.policy import plan
-from scaler.providers.fly import FlyProvider
-from scaler.reconcile import Scaler
 from tests.fake_fly import FakeFly
 from tests.scaler_support import (
     NOW,
-    TEMPLATE,
     backlog,
     fleet,
+    fly_scaler,
     machine,
     settings,
     spend,
     worker,
 )
-from tests.worker_helpers import libpq_url
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f2")
 
@@ -92,22 +88,6 @@ def test_a_restarted_machine_is_not_judged_by_its_previous_boots_worker(state: s
 # --- creates whose answer is lost (real HTTP, the fake Fly server) ------------------------------
 
 
-def fly_scaler(fake: FakeFly, clock: FakeClock, db_url: str, **overrides: Any) -> Scaler:
-    the_settings = settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(db_url),
-        fly_max_retries=5,
-        **overrides,
-    )
-    fly = FlyProvider(
-        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(5)
-    )
-    return Scaler(the_settings, fly, database_url=db_url, clock=clock)
-
-
 @pytest.mark.parametrize("lost", [500, 502, None], ids=["500", "502", "connection dropped"])
 def test_a_create_whose_answer_is_lost_makes_one_machine_not_one_per_retry(
     fake: FakeFly,
@@ -117,7 +97,7 @@ def test_a_create_whose_answer_is_lost_makes_one_machine_not_one_per_retry(
     queue: Queue,
     lost: int | None,
 ) -> None:
-    scaler = fly_scaler(fake, clock, db_url, max_machines=5, max_hourly_usd=2.0)
+    scaler = fly_scaler(fake, clock, db_url, max_machines=5, max_hourly_usd=2.0, fly_max_retries=5)
     for i in range(3):
         queue.enqueue(conn, user_id=USER, input_key=f"inputs/{i}.wav")
     fake.lose_create_answers(times=6, status=lost)

@@ -17,14 +17,12 @@ from app.clock import FakeClock
 from app.db import Connection
 from app.errors import ConfigError
 from app.queue import Queue
-from app.settings import Settings
 from scaler.providers.base import ProviderError
 from scaler.providers.fly import FlyProvider, load_template
 from scaler.providers.http import TokenBucket, backoff_delay, retry_after_seconds
 from scaler.reconcile import Scaler
 from tests.fake_fly import SHARED_SPEC_PATH, SPEC_PATH, FakeFly
-from tests.scaler_support import TEMPLATE, settings
-from tests.worker_helpers import libpq_url
+from tests.scaler_support import TEMPLATE, fly_settings, settings
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f1")
 
@@ -38,17 +36,6 @@ class Sleeps:
     def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
         self.clock.advance(seconds)
-
-
-def fly_settings(fake: FakeFly, db_url: str = "", **overrides: Any) -> Settings:
-    return settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(db_url) if db_url else "",
-        **overrides,
-    )
 
 
 def provider(fake: FakeFly, clock: FakeClock, sleeps: Sleeps, **overrides: Any) -> FlyProvider:

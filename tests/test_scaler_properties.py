@@ -18,23 +18,20 @@ from app.queue import Queue, Worker
 from app.settings import Settings
 from scaler.model import FleetMachine
 from scaler.policy import plan
-from scaler.providers.fly import FlyProvider
-from scaler.reconcile import Scaler
 from scaler.simulate import SimModel, builtin_day, simulate_policy
 from tests.fake_fly import FakeFly
 from tests.scaler_support import (
     NOW,
     PRICE,
-    TEMPLATE,
     backlog,
     check_plan,
     fleet,
+    fly_scaler,
     machine,
     settings,
     spend,
     worker,
 )
-from tests.worker_helpers import libpq_url
 
 PROPERTY_USER = uuid.UUID("00000000-0000-4000-8000-0000000005f4")
 
@@ -229,12 +226,10 @@ def test_runs_against_a_faulty_fly_keep_the_ceilings_and_make_one_machine_per_cr
     fake.start()
     max_machines = data.draw(st.integers(1, 4), label="max_machines")
     max_hourly = data.draw(st.sampled_from([0.4, 0.75, 1.1, 2.0]), label="max_hourly_usd")
-    the_settings = settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(url),
+    scaler = fly_scaler(
+        fake,
+        clock,
+        url,
         max_machines=max_machines,
         max_hourly_usd=max_hourly,
         min_machines=data.draw(st.integers(0, 1), label="min_machines"),
@@ -244,10 +239,6 @@ def test_runs_against_a_faulty_fly_keep_the_ceilings_and_make_one_machine_per_cr
         transient_timeout=180,
         fly_max_retries=3,
     )
-    fly = FlyProvider(
-        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(1)
-    )
-    scaler = Scaler(the_settings, fly, database_url=url, clock=clock)
     try:
         with connect(url) as conn:
             world = World(fake, queue, conn)
