@@ -351,7 +351,7 @@ def test_a_busy_worker_is_never_stopped_even_if_it_took_a_job_after_the_plan(
     queue.drain_worker(conn, worker.id, False)
     queue.enqueue(conn, user_id=USER, input_key="inputs/late.wav")
     assert queue.claim(conn, worker.id, lease=60)
-    results = scaler.act(conn, plan)
+    results = scaler.actor.act(conn, plan)
     assert [(r.action.kind, r.ok) for r in results] == [("stop", False)]
     assert "took a job" in results[0].detail
     assert fake.states()[machine_id] == "started"
