@@ -197,3 +197,24 @@ def fly_scaler(fake: FakeFly, clock: FakeClock, db_url: str, **overrides: Any) -
         the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(5)
     )
     return Scaler(the_settings, fly, database_url=db_url, clock=clock)
+
+
+def apply_plan(result: Plan, the_fleet: Fleet) -> Fleet:
+    """The fleet as the next run sees it, the world standing still otherwise: drains and
+    undrains applied, stopped machines stopped (their workers gone), started ones started."""
+    flips = {a.machine_id: a.kind == "drain" for a in result.of_kind("drain", "undrain")}
+    stopped = {a.machine_id for a in result.of_kind("stop", "destroy")}
+    started = {a.machine_id for a in result.of_kind("start")}
+    items = []
+    for fm in the_fleet.machines:
+        m, w = fm.machine, fm.worker
+        if m.id in stopped:
+            items.append(FleetMachine(machine(m.id, "stopped", since=0, price=m.hourly_usd)))
+            continue
+        if m.id in started:
+            m = machine(m.id, "started", since=0, price=m.hourly_usd)
+        if w is not None and m.id in flips:
+            busy = w.current_job_id is not None or w.state == "busy"
+            w = worker(m.id, w.state, draining=flips[m.id], job=busy)
+        items.append(FleetMachine(m, w))
+    return fleet(*items, create_size=the_fleet.create_size)

@@ -12,11 +12,12 @@ import pytest
 from app.clock import FakeClock
 from app.db import Connection
 from app.queue import Queue
-from scaler.model import Fleet, FleetMachine, Plan
+from scaler.model import Fleet, FleetMachine
 from scaler.policy import plan
 from tests.fake_fly import FakeFly
 from tests.scaler_support import (
     NOW,
+    apply_plan,
     backlog,
     fleet,
     fly_scaler,
@@ -27,18 +28,6 @@ from tests.scaler_support import (
 )
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f2")
-
-
-def after(result: Plan, the_fleet: Fleet) -> Fleet:
-    """The fleet as the next run sees it: drains and undrains applied (jobs still running)."""
-    flips = {a.machine_id: a.kind == "drain" for a in result.of_kind("drain", "undrain")}
-    items = []
-    for fm in the_fleet.machines:
-        w = fm.worker
-        if w is not None and fm.machine.id in flips:
-            w = worker(fm.machine.id, w.state, draining=flips[fm.machine.id], job=True)
-        items.append(FleetMachine(fm.machine, w))
-    return fleet(*items)
 
 
 def kept(the_fleet: Fleet) -> list[str]:
@@ -60,7 +49,7 @@ def test_a_fleet_over_a_lowered_ceiling_gets_back_under_it_while_work_is_queued(
     for _ in range(4):  # every round: the excess stays drained, none is taken back
         result = plan(queued, the_fleet, spend(), the_settings, NOW)
         assert result.of_kind("undrain", "start", "create") == [], result.actions
-        the_fleet = after(result, the_fleet)
+        the_fleet = apply_plan(result, the_fleet)
         assert len(kept(the_fleet)) <= kept_at_most
 
 

@@ -23,6 +23,7 @@ from tests.fake_fly import FakeFly
 from tests.scaler_support import (
     NOW,
     PRICE,
+    apply_plan,
     backlog,
     check_plan,
     fleet,
@@ -298,27 +299,6 @@ def test_runs_against_a_faulty_fly_keep_the_ceilings_and_make_one_machine_per_cr
                 world.step(data)
     finally:
         fake.stop()
-
-
-def apply_plan(result: Any, the_fleet: Any) -> Any:
-    """The fleet as the next run sees it, the world standing still otherwise: drains and
-    undrains applied, stopped machines stopped (their workers gone), started ones started."""
-    flips = {a.machine_id: a.kind == "drain" for a in result.of_kind("drain", "undrain")}
-    stopped = {a.machine_id for a in result.of_kind("stop", "destroy")}
-    started = {a.machine_id for a in result.of_kind("start")}
-    items = []
-    for fm in the_fleet.machines:
-        m, w = fm.machine, fm.worker
-        if m.id in stopped:
-            items.append(FleetMachine(machine(m.id, "stopped", since=0, price=m.hourly_usd)))
-            continue
-        if m.id in started:
-            m = machine(m.id, "started", since=0, price=m.hourly_usd)
-        if w is not None and m.id in flips:
-            busy = w.current_job_id is not None or w.state == "busy"
-            w = worker(m.id, w.state, draining=flips[m.id], job=busy)
-        items.append(FleetMachine(m, w))
-    return fleet(*items, create_size=the_fleet.create_size)
 
 
 @hyp_settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
