@@ -21,7 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from _common import bench_postgres, percentile, scratch_database
+from _common import (
+    bench_postgres,
+    load_average,
+    machine_info,
+    markdown_table,
+    now_utc,
+    percentile,
+    scratch_database,
+    write_result,
+)
 from psycopg.conninfo import conninfo_to_dict
 
 from app.db import connect
@@ -115,9 +124,22 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 seconds.append(one_round(url, Path(tmp), args.interval))
             print(f"round {n + 1}: kill to requeued {seconds[-1]:.2f} s", flush=True)
-    print(
+    summary = (
         f"kill to requeued, scaler every {args.interval:g} s: median "
         f"{percentile(seconds, 50):.2f} s, max {max(seconds):.2f} s over {len(seconds)} rounds"
+    )
+    print(summary)
+    rows = [(n + 1, f"{value:.2f}") for n, value in enumerate(seconds)]
+    facts = {**machine_info(), "load average": load_average(), "scaler interval": args.interval}
+    write_result(
+        "dead_worker.md",
+        "# Kill to requeued (a SIGKILLed local worker)\n\n"
+        f"Run {now_utc()} with `.venv/bin/python bench/bench_dead_worker.py --rounds "
+        f"{args.rounds} --interval {args.interval:g}`.\n\n"
+        + markdown_table(["round", "kill to requeued, s"], rows)
+        + f"\n\n{summary}\n\n"
+        + "\n".join(f"- {k}: {v}" for k, v in facts.items())
+        + "\n",
     )
     return 0
 
