@@ -8,7 +8,7 @@ same inputs and plans without acting or writing anything (`scaler plan`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.clock import Clock, SystemClock
@@ -194,15 +194,18 @@ class Scaler:
         seen_at: datetime,
     ) -> list[Reaped]:
         """Machines reported stopped, failed or gone (or gone from the list): their workers are
-        dead, so their jobs go back to the queue now rather than when the lease runs out."""
-        dead = {m.id for m in machines if m.state in ("stopped", "failed", "gone")}
-        dead |= {machine_id for change, machine_id, _ in records if change == "closed"}
-        listed = {m.id for m in machines if m.state not in ("stopped", "failed", "gone")}
+        dead, so their jobs go back to the queue now rather than when the lease runs out. So are
+        the workers of a machine's earlier boot (registered before its current one began)."""
+        gone = ("stopped", "failed", "gone")
+        down = {m.id: seen_at for m in machines if m.state in gone}
+        down |= {mid: seen_at for change, mid, _ in records if change == "closed"}
+        rebooted = {  # when the provider says its current boot began (never guessed)
+            m.id: m.booted_at - timedelta(microseconds=1)
+            for m in machines
+            if m.state not in gone and m.booted_at is not None
+        }
         released = self.queue.release_dead_workers(
-            conn,
-            sorted(dead - listed),
-            seen_at=seen_at,
-            backoff_base=self.settings.backoff_base,
+            conn, down, rebooted=rebooted, backoff_base=self.settings.backoff_base
         )
         for item in released:
             self.log.info(

@@ -32,7 +32,7 @@ def test_release_dead_workers_requeues_their_jobs_as_an_attempt(
     seen = clock.now()
 
     clock.advance(5)
-    (released,) = queue.release_dead_workers(conn, ["m1", "m9"], seen_at=seen, backoff_base=10)
+    (released,) = queue.release_dead_workers(conn, {"m1": seen, "m9": seen}, backoff_base=10)
     assert (released.job_id, released.status, released.worker_id, released.attempts) == (
         job.id,
         "queued",
@@ -45,13 +45,13 @@ def test_release_dead_workers_requeues_their_jobs_as_an_attempt(
     assert str(dead.id) not in (row.error or "")  # no internals in what the user reads
     assert queue.get_worker(conn, dead.id).state == "stopped"
     assert queue.get(conn, other.id).status == "running"  # another machine's job is untouched
-    assert queue.release_dead_workers(conn, ["m1"], seen_at=seen) == []  # once only
+    assert queue.release_dead_workers(conn, {"m1": seen}) == []  # once only
 
     # The second death uses up its attempts: failed for good, with the reason.
     clock.advance(3600)
     again = queue.register_worker(conn, machine_id="m1", provider="fly")
     assert [j.id for j in queue.claim(conn, again.id, lease=LEASE)] == [job.id]
-    (final,) = queue.release_dead_workers(conn, ["m1"], seen_at=clock.now())
+    (final,) = queue.release_dead_workers(conn, {"m1": clock.now()})
     assert (final.status, final.attempts) == ("failed", 2)
 
 
@@ -63,7 +63,7 @@ def test_a_worker_registered_after_the_provider_was_asked_is_not_released(
     job, _ = queue.enqueue(conn, user_id=USER, input_key="inputs/c.wav")
     newer = queue.register_worker(conn, machine_id="m1", provider="fly")
     queue.claim(conn, newer.id, lease=LEASE)
-    assert queue.release_dead_workers(conn, ["m1"], seen_at=seen) == []
+    assert queue.release_dead_workers(conn, {"m1": seen}) == []
     assert queue.get(conn, job.id).status == "running"
 
 
@@ -97,3 +97,33 @@ def test_the_scaler_releases_the_job_of_a_worker_whose_machine_went_down(
         assert [(r.action.kind, r.ok) for r in outcome.results] == [("destroy", True)]
         assert machine_id not in fake.machines
     assert fake.violations == []
+
+
+def test_a_machine_restarted_behind_the_scalers_back_releases_its_previous_workers_job(
+    fake: FakeFly, clock: FakeClock, conn: Connection, db_url: str, queue: Queue
+) -> None:
+    scaler = fly_scaler(fake, clock, db_url, scale_rules="10:1")
+    machine_id = fake.add_machine("stopped")
+    scaler.provider.start(machine_id)
+    fake.tick(2)
+    worker = queue.register_worker(conn, machine_id=machine_id, provider="fly")
+    job, _ = queue.enqueue(conn, user_id=USER, input_key="inputs/e.wav")
+    queue.claim(conn, worker.id, lease=LEASE)
+    assert scaler.run_once().results == []
+    assert queue.get(conn, job.id).status == "running"  # its live worker keeps it
+
+    clock.advance(30)  # the worker hangs; the machine restarts between two scaler runs
+    fake.machines[machine_id].data["state"] = "stopped"
+    scaler.provider.start(machine_id)
+    fake.tick(2)
+    clock.advance(5)
+    outcome = scaler.run_once()
+    row = queue.get(conn, job.id)
+    assert (row.status, row.error_kind) == ("queued", "worker_died")
+    assert outcome.results == []  # booting: its new worker is on its way, nothing is stopped
+
+    newer = queue.register_worker(conn, machine_id=machine_id, provider="fly")
+    clock.advance(60)
+    queue.worker_heartbeat(conn, newer.id)
+    scaler.run_once()
+    assert queue.get_worker(conn, newer.id).state != "stopped"

@@ -5,7 +5,7 @@ Wrappers over the scaler.* SQL functions (supabase/migrations/20261122000400_sca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -143,8 +143,8 @@ select * from scaler.machine_runs where provider = %(provider)s order by started
 """
 Q_LAST_RUNS = "select * from scaler.runs order by id desc limit %(limit)s"
 Q_RELEASE_DEAD_WORKERS = """
-select * from queue.release_dead_workers(p_machine_ids => %(machine_ids)s::text[],
-    p_seen_at => %(seen_at)s, p_backoff_base_seconds => %(backoff)s, p_now => %(now)s)
+select * from queue.release_dead_workers(p_machines => %(machines)s,
+    p_backoff_base_seconds => %(backoff)s, p_now => %(now)s)
 """
 
 
@@ -184,17 +184,22 @@ class FleetQueries(SqlCaller):
     def release_dead_workers(
         self,
         conn: Connection,
-        machine_ids: Sequence[str],
+        down: Mapping[str, datetime],
         *,
-        seen_at: datetime,
+        rebooted: Mapping[str, datetime] | None = None,
         backoff_base: float = 10.0,
     ) -> list[Reaped]:
-        """Machines the provider reports stopped, failed or gone: their workers (registered by
-        `seen_at`) are dead, and their running jobs are released now, as a lease expiry would."""
+        """The workers of dead machines, and their running jobs released now, as a lease expiry
+        would release them. `down`: machine id -> when it was seen stopped, failed or gone (its
+        workers registered by then are dead); `rebooted`: machine id -> when its current boot
+        began (its workers registered and last heard from before then are dead)."""
+        machines = [{"id": mid, "before": at.isoformat()} for mid, at in sorted(down.items())]
+        machines += [
+            {"id": mid, "before": at.isoformat(), "silent_since": at.isoformat()}
+            for mid, at in sorted((rebooted or {}).items())
+        ]
         rows = self._all(
-            conn,
-            Q_RELEASE_DEAD_WORKERS,
-            {"machine_ids": list(machine_ids), "seen_at": seen_at, "backoff": backoff_base},
+            conn, Q_RELEASE_DEAD_WORKERS, {"machines": Jsonb(machines), "backoff": backoff_base}
         )
         return [Reaped(**r) for r in rows]
 

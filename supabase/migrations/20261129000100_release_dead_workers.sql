@@ -1,8 +1,10 @@
 -- A dead worker's jobs come back at once (issue 13, item 7). When the provider reports a worker's
--- machine stopped, failed or gone (the local provider sees the process exit), the scaler calls
--- queue.release_dead_workers with those machines' ids: every worker registered on them before
--- the provider was asked (p_seen_at) and not already stopped is marked stopped, and its running
--- jobs are released exactly as an expired lease releases them, without waiting for the lease:
+-- machine stopped, failed or gone (the local provider sees the process exit), or started again
+-- since a worker registered on it, the scaler calls queue.release_dead_workers with each such
+-- machine and a time: every worker registered on it at or before that time (when the provider
+-- was asked; for a machine booted again, just before its current boot, and only a worker not
+-- heard from since) and not already stopped is marked stopped, and its running jobs are
+-- released as an expired lease releases them, at once:
 --   * the release counts as an attempt (the claim already counted it and it is not given back):
 --     a job that kills its worker (out of memory, a crash in the model) must not loop forever,
 --     so after max_attempts it fails with the reason;
@@ -12,23 +14,27 @@
 -- The lease stays the backstop (a machine the provider never reports, a missed scaler run).
 
 create function queue.release_dead_workers(
-    p_machine_ids text[],
-    p_seen_at timestamptz default null,
+    p_machines jsonb,  -- [{"id": machine id, "before": timestamptz, "silent_since": timestamptz}]
     p_backoff_base_seconds double precision default 10,
     p_now timestamptz default null
 ) returns table (job_id uuid, status public.job_status, worker_id uuid, attempts integer)
 language plpgsql as $$
 declare
     v_now timestamptz := coalesce(p_now, now());
-    v_seen timestamptz := coalesce(p_seen_at, v_now);
 begin
     return query
-    with dead as (
+    with machines as (
+        select m.id, coalesce(m.before, v_now) as before, m.silent_since
+          from jsonb_to_recordset(coalesce(p_machines, '[]'::jsonb))
+               as m(id text, before timestamptz, silent_since timestamptz)
+    ), dead as (
         update public.workers w
            set state = 'stopped', stopped_at = v_now, current_job_id = null
-         where w.machine_id = any(p_machine_ids)
+          from machines m
+         where w.machine_id = m.id
            and w.state <> 'stopped'
-           and w.started_at <= v_seen
+           and w.started_at <= m.before
+           and (m.silent_since is null or w.last_heartbeat_at <= m.silent_since)
         returning w.id
     ), held as (
         select j.id, j.worker_id as old_worker
@@ -59,11 +65,11 @@ begin
 end;
 $$;
 
-comment on function queue.release_dead_workers(text[], timestamptz, double precision, timestamptz) is
+comment on function queue.release_dead_workers(jsonb, double precision, timestamptz) is
     'Workers on machines the provider reports stopped, failed or gone: marked stopped, their '
     'running jobs released at once (an attempt, with backoff, like a lease expiry).';
 
-revoke all on function queue.release_dead_workers(text[], timestamptz, double precision, timestamptz)
+revoke all on function queue.release_dead_workers(jsonb, double precision, timestamptz)
     from public, anon, authenticated;
-grant execute on function queue.release_dead_workers(text[], timestamptz, double precision, timestamptz)
+grant execute on function queue.release_dead_workers(jsonb, double precision, timestamptz)
     to service_role;
