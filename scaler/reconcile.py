@@ -22,6 +22,10 @@ from scaler.model import Backlog, Fleet, FleetMachine, Machine, Plan, Spend
 from scaler.policy import plan as make_plan
 from scaler.providers.base import Provider, ProviderError
 
+# A provider's boot time and the database's clock may disagree: a worker row counts as an earlier
+# boot's only when it is older than the boot by this much (else the lease brings its job back).
+REBOOT_CLOCK_SKEW = timedelta(seconds=30)
+
 LOCKED_MESSAGE = (
     "another scaler run holds the lock (Postgres advisory lock): this run did nothing; "
     "the other one is acting"
@@ -200,7 +204,7 @@ class Scaler:
         down = {m.id: seen_at for m in machines if m.state in gone}
         down |= {mid: seen_at for change, mid, _ in records if change == "closed"}
         rebooted = {  # when the provider says its current boot began (never guessed)
-            m.id: m.booted_at - timedelta(microseconds=1)
+            m.id: m.booted_at - REBOOT_CLOCK_SKEW
             for m in machines
             if m.state not in gone and m.booted_at is not None
         }

@@ -112,7 +112,7 @@ def test_a_machine_restarted_behind_the_scalers_back_releases_its_previous_worke
     assert scaler.run_once().results == []
     assert queue.get(conn, job.id).status == "running"  # its live worker keeps it
 
-    clock.advance(30)  # the worker hangs; the machine restarts between two scaler runs
+    clock.advance(90)  # the worker hangs; the machine restarts between two scaler runs
     fake.machines[machine_id].data["state"] = "stopped"
     scaler.provider.start(machine_id)
     fake.tick(2)
