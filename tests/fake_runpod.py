@@ -37,28 +37,22 @@ operationId): `fail_next(name, status, detail=...)`, `lose_next(name)` (done, bu
 a 5xx or a dropped connection), `set_capacity(...)`, `set_balance(usd)` (402 below an hour's
 rate), `stall_next()` (stays PROVISIONING/STARTING), `error_next()` (ends in ERROR),
 `zero_gpu_next_start()`, `break_pod(pod_id)`. Every answer carries the spec's `RateLimit` and
-`RateLimit-Policy` headers; past a window's quota the answer is 429 with `Retry-After`.
+`RateLimit-Policy` headers; past a window's quota (`limits`, per fake-clock minute, hour and
+day) the answer is 429 with `Retry-After`, and the request is not counted.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.clock import FakeClock
-from tests.fake_runpod_pods import (
-    DATA_CENTERS,
-    HOST_CUDA,
-    NO_CAPACITY,
-    GpuOffer,
-    Prices,
-    RunPodAccount,
-    cuda_accepts,
-    problem,
-)
-from tests.spec_support import LoopbackServer, OpenApiSpec, Reply, Request
+from tests.fake_runpod_catalog import NO_CAPACITY, GpuOffer, Prices, catalog
+from tests.fake_runpod_pods import RunPodAccount
+from tests.spec_support import LoopbackServer, OpenApiSpec, Reply, Request, problem
 
 SPEC_PATH = Path(__file__).parent / "data" / "runpod-openapi.json"
 SHARED_SPEC_PATH = Path(__file__).resolve().parents[2] / "shared/reference/runpod-openapi.json"
@@ -71,8 +65,13 @@ SHORT_NAMES = {
     "listGpuTypes": "catalog",
     "getGpuType": "catalog",
 }
-# window -> (quota, seconds), as in the spec's RateLimit-Policy example
+# window -> (quota, seconds), as in the spec's RateLimit-Policy example; limits={} turns it off
 DEFAULT_LIMITS = {"minute": (60, 60), "hour": (3000, 3600), "day": (50000, 86400)}
+
+
+@functools.cache
+def load_spec() -> OpenApiSpec:
+    return OpenApiSpec(SPEC_PATH)
 
 
 @dataclass
@@ -82,7 +81,7 @@ class Call:
     operation: str | None
     query: dict[str, Any]
     body: Any
-    status: int
+    status: int  # 0: the connection was closed with no answer
 
 
 @dataclass
@@ -111,7 +110,7 @@ class FakeRunPod(RunPodAccount):
         )
         self.api_key = api_key
         self.limits = DEFAULT_LIMITS if limits is None else limits
-        self.spec = OpenApiSpec(SPEC_PATH)
+        self.spec = load_spec()
         self.calls: list[Call] = []
         self.faults: deque[Fault] = deque()
         self._used: dict[str, tuple[int, int]] = {}  # window -> (its start, requests in it)
@@ -193,7 +192,7 @@ class FakeRunPod(RunPodAccount):
                 reply = refused
             else:
                 if name in ("listGpuTypes", "getGpuType"):
-                    reply = self._catalog(params.get("id"), query)
+                    reply = catalog(self.prices, self._free, params.get("id"), query)
                 else:
                     reply = self.operate(name, params, query, request.body or {})
                 reply = self._fault(name, request.body, after=True) or reply
@@ -246,69 +245,6 @@ class FakeRunPod(RunPodAccount):
         if fault.status == 429:
             reply.headers["Retry-After"] = str(fault.retry_after or 12)
         return reply
-
-    def _catalog(self, gpu_id: str | None, query: dict[str, Any]) -> Reply:
-        include = "AVAILABILITY" in query.get("include", [])
-        scoped = [k for k in ("count", "cloud", "countryCodes", "cudaVersions", "minCudaVersion")]
-        if include != ("product" in query):
-            return problem(400, "product is required with include=AVAILABILITY, and only there")
-        if not include and (extra := [k for k in scoped if k in query]):
-            return problem(400, f"{extra[0]} is valid only with include=AVAILABILITY")
-        if "cudaVersions" in query and "minCudaVersion" in query:
-            return problem(400, "cudaVersions and minCudaVersion are mutually exclusive")
-        if gpu_id is not None and gpu_id not in self.prices.gpus:
-            return problem(404, "GPU type not found")
-        entries = []
-        for gid in [gpu_id] if gpu_id else sorted(self.prices.gpus):
-            offer = self.prices.gpus[gid]
-            entry: dict[str, Any] = {
-                "id": gid,
-                "name": offer.name,
-                "pool": None,
-                "manufacturer": "NVIDIA",
-                "memory": offer.memory_gb,
-                "secure": True,
-                "community": True,
-                "price": {"secure": offer.secure, "community": offer.community},
-                "maxCount": {"secure": offer.max_count, "community": offer.max_count},
-            }
-            if include:
-                places = self._availability(gid, query)
-                if not places and gpu_id is None:
-                    continue  # no data centre in the countries asked for
-                levels = [p["availability"] for p in places] or ["NONE"]
-                entry["availability"] = max(levels, key=LEVELS.index)
-                if entry["availability"] != "NONE":
-                    entry["dataCenters"] = places
-                cuda = cuda_accepts(query.get("cudaVersions"), query.get("minCudaVersion"))
-                entry["cudaVersions"] = (
-                    [{"version": HOST_CUDA, "available": entry["availability"] != "NONE"}]
-                    if cuda
-                    else []
-                )
-            entries.append(entry)
-        return Reply(200, entries[0] if gpu_id else {"gpus": entries})
-
-    def _availability(self, gpu_id: str, query: dict[str, Any]) -> list[dict[str, Any]]:
-        count, cloud = query.get("count", 1), query.get("cloud", "SECURE")
-        cuda = cuda_accepts(query.get("cudaVersions"), query.get("minCudaVersion"))
-        places = []
-        for dc, (name, country) in DATA_CENTERS.items():
-            if query.get("countryCodes") and country not in query["countryCodes"]:
-                continue
-            free = self._free(gpu_id, dc, cloud) if cuda else 0
-            level = "HIGH" if free is None else _level(free, count)
-            places.append({"id": dc, "name": name, "availability": level})
-        return places
-
-
-LEVELS = ["NONE", "LOW", "MEDIUM", "HIGH"]
-
-
-def _level(free: int, count: int) -> str:
-    if free < count:
-        return "NONE"
-    return "LOW" if free < 3 * count else "MEDIUM" if free < 8 * count else "HIGH"
 
 
 def _names(operation: str | None, body: Any) -> set[str]:
