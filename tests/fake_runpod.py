@@ -29,12 +29,15 @@ Placement and money: a create places one GPU type on the first of its `dataCente
 all data centres) with room under `set_capacity` (unlimited by default), else 400 with the
 no-capacity detail. `cost` is the billed $/h: GPU price (per cloud) x count + container disk +
 volume; 0.0 when EXITED or TERMINATED as the spec says, yet an EXITED pod is still billed its
-volume (persistent mount) at `Prices.volume_gb_hour_stopped`. PROVISIONING, STARTING and ERROR
-pods hold their GPU and are billed like RUNNING ones. `charged_usd()` is the bill so far.
+volume (persistent mount) at `Prices.volume_gb_hour_stopped` (and its container disk at
+`container_disk_gb_hour_stopped`, 0 by default: the spec calls it ephemeral). PROVISIONING,
+STARTING and ERROR pods hold their GPU and are billed like RUNNING ones. `charged_usd()` is the
+bill so far, `rate_usd_per_hour()` the rate now; `Prices(...)` sets every figure.
 
 Faults (names: create, list, get, update, start, stop, restart, terminate, catalog, or an
-operationId): `fail_next(name, status, detail=...)`, `lose_next(name)` (done, but the answer is
-a 5xx or a dropped connection), `set_capacity(...)`, `set_balance(usd)` (402 below an hour's
+operationId; `gpu_id=`/`pod_id=` narrow them): `fail_next(name, status, detail=...)` (answered
+with the spec's ErrorResponse, not processed), `lose_next(name)` (processed, but the answer is a
+5xx, or with status=None a dropped connection), `set_capacity(...)`, `set_balance(usd)` (402 below an hour's
 rate), `stall_next()` (stays PROVISIONING/STARTING), `error_next()` (ends in ERROR),
 `zero_gpu_next_start()`, `break_pod(pod_id)`. Every answer carries the spec's `RateLimit` and
 `RateLimit-Policy` headers; past a window's quota (`limits`, per fake-clock minute, hour and
@@ -92,6 +95,13 @@ class Fault:
     detail: str | None = None
     retry_after: int | None = None
     after: bool = False  # the request is processed, then its answer is lost
+    gpu_id: str | None = None
+    pod_id: str | None = None
+
+    def matches(self, names: set[str], gpu_id: str | None, pod_id: str | None) -> bool:
+        return (
+            self.name in names and self.gpu_id in (None, gpu_id) and self.pod_id in (None, pod_id)
+        )
 
 
 class FakeRunPod(RunPodAccount):
@@ -139,16 +149,29 @@ class FakeRunPod(RunPodAccount):
         times: int = 1,
         detail: str | None = None,
         retry_after: int | None = None,
+        gpu_id: str | None = None,
+        pod_id: str | None = None,
     ) -> None:
-        """The next `times` requests for `name` are answered `status` and not processed."""
+        """The next `times` requests for `name` (only those for that GPU type or pod, when
+        given) are answered `status` with `detail`, and not processed."""
         with self._lock:
-            self.faults.append(Fault(name, status, times, detail, retry_after))
+            self.faults.append(
+                Fault(name, status, times, detail, retry_after, gpu_id=gpu_id, pod_id=pod_id)
+            )
 
-    def lose_next(self, name: str, *, status: int | None = 502, times: int = 1) -> None:
-        """The next `times` requests for `name` are processed, but the answer is `status`
-        (a 5xx) or, with status=None, the connection closes with no answer."""
+    def lose_next(
+        self,
+        name: str,
+        *,
+        status: int | None = 502,
+        times: int = 1,
+        gpu_id: str | None = None,
+        pod_id: str | None = None,
+    ) -> None:
+        """The next `times` requests for `name` that succeed are processed, but the answer is
+        `status` (a 5xx) or, with status=None, the connection closes with no answer."""
         with self._lock:
-            self.faults.append(Fault(name, status, times, after=True))
+            self.faults.append(Fault(name, status, times, after=True, gpu_id=gpu_id, pod_id=pod_id))
 
     # --- HTTP -----------------------------------------------------------------------------
     def _serve(self, request: Request) -> Reply:
@@ -187,7 +210,8 @@ class FakeRunPod(RunPodAccount):
             self.violations.extend(f"{name}: {p}" for p in problems)
             return problem(422, "Request validation failed.", problems), name, query
         with self._lock:
-            refused = self._throttle() or self._fault(name, request.body, after=False)
+            target = self._target(name, params, request.body)
+            refused = self._throttle() or self._fault(target, after=False)
             if refused is not None:
                 reply = refused
             else:
@@ -195,7 +219,8 @@ class FakeRunPod(RunPodAccount):
                     reply = catalog(self.prices, self._free, params.get("id"), query)
                 else:
                     reply = self.operate(name, params, query, request.body or {})
-                reply = self._fault(name, request.body, after=True) or reply
+                if reply.status < 300:
+                    reply = self._fault(target, after=True) or reply
         if not reply.dropped:
             ctype = reply.content_type if reply.body is not None else None
             problems = self.spec.check_response(op, reply.status, reply.body, ctype)
@@ -231,9 +256,20 @@ class FakeRunPod(RunPodAccount):
             policy.append(f'"{window}";q={quota};w={seconds}')
         return {"RateLimit": ", ".join(live), "RateLimit-Policy": ", ".join(policy)}
 
-    def _fault(self, operation: str, body: Any, *, after: bool) -> Reply | None:
-        names = _names(operation, body)
-        fault = next((f for f in self.faults if f.name in names and f.after == after), None)
+    def _target(
+        self, operation: str, params: dict[str, str], body: Any
+    ) -> tuple[set[str], str | None, str | None]:
+        """The names a fault may use for this request, and its GPU type and pod."""
+        pod = self.pods.get(params.get("id", ""))
+        if pod is not None:
+            return _names(operation, body), pod.config["gpu"]["id"], pod.config["id"]
+        gpu = body.get("gpu") if operation == "createPod" and isinstance(body, dict) else None
+        return _names(operation, body), (gpu or {}).get("id"), None
+
+    def _fault(
+        self, target: tuple[set[str], str | None, str | None], *, after: bool
+    ) -> Reply | None:
+        fault = next((f for f in self.faults if f.after == after and f.matches(*target)), None)
         if fault is None:
             return None
         fault.times -= 1

@@ -46,6 +46,10 @@ class Prices:
     container_disk_gb_hour: float = 0.10 / 730  # while the pod holds its GPU
     volume_gb_hour_running: float = 0.10 / 730  # mounts.persistent, GPU held
     volume_gb_hour_stopped: float = 0.20 / 730  # mounts.persistent, EXITED
+    container_disk_gb_hour_stopped: float = 0.0  # "ephemeral, wiped on restart"
+
+    def stopped(self, disk: int, volume: int) -> float:
+        return disk * self.container_disk_gb_hour_stopped + volume * self.volume_gb_hour_stopped
 
     def running(self, gpu_id: str, cloud: str, gpus: int, disk: int, volume: int) -> float:
         offer = self.gpus[gpu_id]

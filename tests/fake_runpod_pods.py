@@ -154,7 +154,7 @@ class RunPodAccount:
         """A pod that exists before the test (someone else's, or left by an earlier run)."""
         with self._lock:
             body = {"name": name, "image": "someone/else:1", "env": env or {}, "cloud": cloud}
-            pod = self._new_pod({**body, "gpu": {"id": gpu_id}}, data_center)
+            pod = self._new_pod({**body, "gpu": {"id": gpu_id}}, data_center, boot=False)
             if status != "PROVISIONING":
                 pod.config["startedAt"] = iso(self.clock.now())
             self._set_status(pod, status)
@@ -281,7 +281,7 @@ class RunPodAccount:
             return False
         return self.balance_usd - self.charged_usd() < rate
 
-    def _new_pod(self, body: dict[str, Any], data_center: str) -> Pod:
+    def _new_pod(self, body: dict[str, Any], data_center: str, *, boot: bool = True) -> Pod:
         self._counter += 1
         pod_id = f"fakepod{self._counter:07d}"
         gpu = {"id": body["gpu"]["id"], "count": body["gpu"].get("count", 1)}
@@ -306,7 +306,8 @@ class RunPodAccount:
         now = self.clock.now()
         pod = Pod(copy.deepcopy(config), "PROVISIONING", gpu["count"], now, self.provision_ticks)
         self.pods[pod_id] = pod
-        self._boot(pod)
+        if boot:
+            self._boot(pod)
         return pod
 
     def _boot(self, pod: Pod) -> None:
@@ -341,7 +342,7 @@ class RunPodAccount:
         if pod.status == "TERMINATED":
             return 0.0
         if pod.status == "EXITED":
-            return pod.volume * self.prices.volume_gb_hour_stopped
+            return self.prices.stopped(pod.config["disk"], pod.volume)
         gpu = pod.config["gpu"]
         return self.prices.running(
             gpu["id"], pod.config["cloud"], pod.gpus, pod.config["disk"], pod.volume

@@ -375,3 +375,25 @@ def test_a_locked_pod_cannot_be_stopped(fake: FakeRunPod, api: httpx.Client) -> 
     api.patch(f"/v2/pods/{pod['id']}", json={"locked": True})
     assert act(api, pod["id"], "stop").status_code == 409
     assert api.delete(f"/v2/pods/{pod['id']}").status_code == 204
+
+
+def test_faults_can_aim_at_a_gpu_type_or_a_pod(fake: FakeRunPod, api: httpx.Client) -> None:
+    fake.fail_next("create", 403, detail="access denied", gpu_id=RTX3090)
+    assert create(api)["gpu"]["id"] == A4000
+    assert api.post("/v2/pods", json=pod_body(gpu={"id": RTX3090})).status_code == 403
+    first, second = create(api, name="stemfleet-a"), create(api, name="stemfleet-b")
+    fake.lose_next("stop", pod_id=second["id"])
+    assert act(api, first["id"], "stop").status_code == 200
+    assert act(api, second["id"], "stop").status_code == 502
+    assert fake.states()[second["id"]] == "EXITED"  # stopped all the same
+
+
+def test_an_answer_is_lost_only_from_a_request_that_succeeded(
+    fake: FakeRunPod, api: httpx.Client
+) -> None:
+    fake.set_capacity(A4000, 0)
+    fake.lose_next("create")
+    assert api.post("/v2/pods", json=pod_body()).status_code == 400  # nothing made: as is
+    fake.set_capacity(A4000, 5)
+    assert api.post("/v2/pods", json=pod_body()).status_code == 502
+    assert len(fake.pods) == 1
