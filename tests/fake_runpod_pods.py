@@ -1,6 +1,6 @@
 """The RunPod account behind the fake API (tests/fake_runpod.py): pods and their statuses,
-placement under capacity, per-second billing, the GPU catalog. No HTTP here: `operate()` takes
-a request that already fits the spec and returns the answer.
+placement under capacity, per-second billing. No HTTP here: `operate()` takes a request that
+already fits the spec and returns the answer.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ class RunPodAccount:
 
     def _new_pod(self, body: dict[str, Any], data_center: str, *, boot: bool = True) -> Pod:
         self._counter += 1
-        pod_id = f"fakepod{self._counter:07d}"
+        pod_id, now = f"fakepod{self._counter:07d}", self.clock.now()
         gpu = {"id": body["gpu"]["id"], "count": body["gpu"].get("count", 1)}
         config = {
             "id": pod_id,
@@ -300,10 +300,9 @@ class RunPodAccount:
             "dataCenterId": data_center,
             "locked": False,
             "globalNetworking": bool(body.get("globalNetworking", False)),
-            "createdAt": iso(self.clock.now()),
+            "createdAt": iso(now),
             "startedAt": None,
         }
-        now = self.clock.now()
         pod = Pod(copy.deepcopy(config), "PROVISIONING", gpu["count"], now, self.provision_ticks)
         self.pods[pod_id] = pod
         if boot:
