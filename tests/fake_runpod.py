@@ -264,6 +264,8 @@ class FakeRunPod(RunPodAccount):
             left = quota - used if began == now - now % seconds else quota
             live.append(f'"{window}";r={max(left, 0)};t={seconds - now % seconds}')
             policy.append(f'"{window}";q={quota};w={seconds}')
+        if not live:
+            return {}  # the spec: omitted for rate-limit-exempt callers
         return {"RateLimit": ", ".join(live), "RateLimit-Policy": ", ".join(policy)}
 
     def _target(

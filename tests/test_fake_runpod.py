@@ -49,6 +49,9 @@ def pod_body(**overrides: Any) -> dict[str, Any]:
     return {**body, **overrides}
 
 
+without_image = {k: v for k, v in pod_body().items() if k != "image"}
+
+
 def create(api: httpx.Client, **overrides: Any) -> dict[str, Any]:
     response = api.post("/v2/pods", json=pod_body(**overrides))
     assert response.status_code == 201, response.text
@@ -131,6 +134,16 @@ def test_list_update_and_terminate_by_action(fake: FakeRunPod, api: httpx.Client
         ("POST", "/v2/pods", {"json": pod_body(cloud="CHEAP")}, 422, "CHEAP"),
         ("POST", "/v2/pods", {"json": {"image": "x", "gpu": {"id": A4000}}}, 422, "name"),
         ("POST", "/v2/pods", {"json": pod_body(image=None)}, 422, "image"),
+        ("POST", "/v2/pods", {"json": without_image}, 422, "'image' is a required property"),
+        (
+            "POST",
+            "/v2/pods",
+            {"json": pod_body(gpu={"id": A4000, "minCudaVersion": "12"})},
+            422,
+            "12",
+        ),
+        ("POST", "/v2/pods", {"json": pod_body(mounts={"persistent": {"size": 5}})}, 422, "path"),
+        ("PATCH", "/v2/pods/p1", {"json": {"cloud": "SECURE"}}, 422, "cloud"),
         ("POST", "/v2/pods", {"json": pod_body(disk=0)}, 422, "minimum"),
         ("POST", "/v2/pods", {"content": b"name=x"}, 422, "not JSON"),
         ("POST", "/v2/pods/p1/action", {"json": {"action": "resume"}}, 422, "resume"),
