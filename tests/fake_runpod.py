@@ -64,7 +64,7 @@ from typing import Any
 
 from app.clock import FakeClock
 from tests.fake_runpod_catalog import NO_CAPACITY, GpuOffer, Prices, catalog
-from tests.fake_runpod_pods import RunPodAccount
+from tests.fake_runpod_pods import NO_BALANCE, RunPodAccount
 from tests.spec_support import LoopbackServer, OpenApiSpec, Reply, Request, problem
 
 SPEC_PATH = Path(__file__).parent / "data" / "runpod-openapi.json"
@@ -304,4 +304,4 @@ def _names(operation: str | None, body: Any) -> set[str]:
     return names
 
 
-__all__ = ["NO_CAPACITY", "Call", "FakeRunPod", "GpuOffer", "Prices"]
+__all__ = ["NO_BALANCE", "NO_CAPACITY", "Call", "FakeRunPod", "GpuOffer", "Prices"]
