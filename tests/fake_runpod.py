@@ -42,6 +42,7 @@ operationId; `gpu_id=`/`pod_id=` narrow them):
     set_capacity(gpu_id, gpus, data_center=, cloud=)  400 no capacity past it; a start then
                                  comes back without a GPU; the catalog's availability follows
     set_balance(usd)             402 on create/start while under an hour of the pod's rate
+    set_hourly_limit(usd)        the account's spend limit: 400 on a create/start past it
     stall_next()                 the next boot stays PROVISIONING (or STARTING) until stopped
     error_next() / break_pod(id) the next boot ends in ERROR / the pod goes ERROR now
     zero_gpu_next_start()        the next start comes back RUNNING without a GPU
@@ -64,7 +65,7 @@ from typing import Any
 
 from app.clock import FakeClock
 from tests.fake_runpod_catalog import NO_CAPACITY, GpuOffer, Prices, catalog
-from tests.fake_runpod_pods import NO_BALANCE, RunPodAccount
+from tests.fake_runpod_pods import NO_BALANCE, OVER_LIMIT, RunPodAccount
 from tests.spec_support import LoopbackServer, OpenApiSpec, Reply, Request, problem
 
 SPEC_PATH = Path(__file__).parent / "data" / "runpod-openapi.json"
@@ -304,4 +305,4 @@ def _names(operation: str | None, body: Any) -> set[str]:
     return names
 
 
-__all__ = ["NO_BALANCE", "NO_CAPACITY", "Call", "FakeRunPod", "GpuOffer", "Prices"]
+__all__ = ["NO_BALANCE", "NO_CAPACITY", "OVER_LIMIT", "Call", "FakeRunPod", "GpuOffer", "Prices"]
