@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -133,6 +134,15 @@ def write_empty(path: Path) -> Path:
     return path
 
 
+def write_float_wav(path: Path, bad: float, *, frames: int = 44100) -> Path:
+    """A float32 wav of `frames` frames whose middle sample is `bad` (NaN, infinite, or a
+    plain value for a file that is only too short)."""
+    data = np.full((frames, 2), 0.1, dtype=np.float32)
+    data[frames // 2, 0] = bad
+    sf.write(str(path), data, 44100, subtype="FLOAT")
+    return path
+
+
 def work_dir_is_clean(tmp_path: Path) -> bool:
     """No job file left (the worker's own scratch folder lives until it closes)."""
     work = tmp_path / "work"
@@ -208,8 +218,11 @@ def test_preview_separates_only_the_first_seconds(
         (lambda p: write_silent_wav(p / "silent.wav"), "empty", "no audio"),
         (lambda p: write_not_audio(p / "picture.mp3"), "undecodable", "decode"),
         (lambda p: write_clip(p / "too-long.wav", 2.5), "too_long", "too-long.wav"),
+        (lambda p: write_float_wav(p / "nan.wav", float("nan")), "not_finite", "not numbers"),
+        (lambda p: write_float_wav(p / "inf.wav", float("inf")), "not_finite", "not numbers"),
+        (lambda p: write_float_wav(p / "one.wav", 0.5, frames=1), "too_short", "too short"),
     ],
-    ids=["corrupt", "empty-file", "zero-frames", "not-audio", "too-long"],
+    ids=["corrupt", "empty-file", "zero-frames", "not-audio", "too-long", "nan", "inf", "one"],
 )
 def test_bad_inputs_fail_permanently_at_once(
     make_input: Callable[[Path], Path],
