@@ -11,7 +11,7 @@ import pytest
 
 from app.clock import FakeClock
 from app.db import Connection, Listener, connect
-from app.errors import InvalidTransition, LeaseLost
+from app.errors import InvalidTransition, LeaseLost, ModelNotServed
 from app.queue import QUEUED_CHANNEL, Job, Queue
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -326,3 +326,15 @@ def test_claim_and_complete_skip_the_flush_wait_for_their_own_transaction_only(
     with conn.transaction():
         queue.cancel(conn, other.id, reason="no")
         assert setting() == "on"
+
+
+def test_a_job_must_name_a_model_the_fleet_serves(queue: Queue, conn: Connection) -> None:
+    """Checked at insert (both paths: queue.enqueue here, a Supabase-client insert in
+    test_security), so a model no worker can load never reaches a worker."""
+    assert enqueue(queue, conn, params={"model": "htdemucs_ft"}).status == "queued"
+    assert enqueue(queue, conn, params={}).status == "queued"  # the fleet's default
+    with pytest.raises(ModelNotServed, match=r"'my_model' is not served.*htdemucs_ft"):
+        enqueue(queue, conn, params={"model": "my_model"})
+
+    queue.serve_models(conn, ["my_model"])  # a worker (or the API) that has it started
+    assert enqueue(queue, conn, params={"model": "my_model"}).params == {"model": "my_model"}

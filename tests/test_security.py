@@ -187,3 +187,10 @@ def test_sql_and_python_key_rules_agree(conn: Connection, key: str) -> None:
     except StorageKeyError:
         python_valid = False
     assert (row["problem"] is None) == python_valid, (key, row["problem"])
+
+
+def test_a_user_insert_must_name_a_model_the_fleet_serves(conn: Connection) -> None:
+    assert insert_as(conn, ALICE, params=psycopg.types.json.Jsonb({"model": "htdemucs"}))
+    with pytest.raises(psycopg.Error, match="'nope' is not served") as info:
+        insert_as(conn, ALICE, params=psycopg.types.json.Jsonb({"model": "nope"}))
+    assert info.value.sqlstate == "SF004"

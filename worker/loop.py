@@ -45,19 +45,14 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.clock import Clock, SystemClock
 from app.db import Connection, create_pool
-from app.errors import (
-    JobError,
-    JobNotFound,
-    LeaseLost,
-    ObjectNotFound,
-    RetryableJobError,
-)
+from app.errors import JobNotFound, LeaseLost, RetryableJobError
 from app.log import get_logger
-from app.params import JobParams, parse_params
+from app.params import JobParams, fleet_model_names, parse_params
 from app.queue import Job, Queue
 from app.settings import Settings
 from app.storage import Storage, output_key, safe_filename, storage_from_settings
 from worker.audio import probe_duration
+from worker.failures import classify
 from worker.leases import HeldJob, LeaseKeeper
 from worker.pipeline import FileJob, SeparationResult, separate_file, separate_files
 from worker.runtime import WorkerIdentity, detect_identity, spawn
@@ -133,22 +128,6 @@ def smaller_segment(segment: float) -> float | None:
     return half if half >= OOM_SEGMENT_FLOOR else None
 
 
-def classify(exc: Exception, input_key: str) -> tuple[str, str, bool]:
-    """(message, error_kind, retryable) for a job that raised `exc`."""
-    if isinstance(exc, ObjectNotFound):
-        message = (
-            f"the input file {input_key!r} is not in storage: upload it again and submit a new job"
-        )
-        return message, "input_missing", False
-    if isinstance(exc, JobError):
-        return str(exc), exc.kind, exc.retryable
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return f"network error: {exc}", "network", True
-    if isinstance(exc, OSError):
-        return f"I/O error on the worker: {exc}", "io", True
-    return f"internal error: {type(exc).__name__}: {exc}", "internal", True
-
-
 class Worker:
     """One worker process's engine. Use as a context manager, or call start() then close()."""
 
@@ -214,6 +193,8 @@ class Worker:
                     gpu=self.identity.gpu,
                     region=self.identity.region,
                 )
+                models = fleet_model_names(self.separator.model_name, self.settings.model_repo)
+                self.queue.serve_models(conn, models)  # jobs may name them (submit checks)
             self.worker_id = row.id
             self.log = get_logger(worker_id=row.id)
             self._keeper = LeaseKeeper(
@@ -849,6 +830,7 @@ class Worker:
             f"job_{status}",
             job_id=str(held.id),
             error=message,
+            detail=f"{type(exc).__name__}: {exc}",
             error_kind=kind,
             attempt=held.job.attempts,
             exc_info=kind == "internal",
