@@ -56,6 +56,7 @@ from worker.failures import classify
 from worker.leases import HeldJob, LeaseKeeper
 from worker.pipeline import FileJob, SeparationResult, separate_file, separate_files
 from worker.runtime import WorkerIdentity, detect_identity, spawn
+from worker.scratch import scratch_name, sweep_dead
 from worker.separation import JobCancelled, Separator
 from worker.wakeup import QueueWatcher
 
@@ -212,6 +213,7 @@ class Worker:
             self._pool.close()
             self._pool = None
             raise
+        sweep_dead(self._scratch_base(), self.log)  # what killed workers left behind
         now = self.clock.monotonic()
         self._last_busy = now
         self._next_reap = now
@@ -227,14 +229,16 @@ class Worker:
             group_size=self.group_size,
         )
 
+    def _scratch_base(self) -> Path:
+        return self.work_dir or Path(tempfile.gettempdir())
+
     def _scratch(self) -> Path:
         """This worker's own folder for inputs and stems (created on a job's first write),
         removed whole by close(): whatever path a job ended on (cancel, release, a stop
         mid-upload), nothing is left behind."""
         if self._scratch_dir is None:
             assert self.worker_id is not None
-            base = self.work_dir or Path(tempfile.gettempdir())
-            self._scratch_dir = base / f"stemfleet-worker-{self.worker_id.hex}"
+            self._scratch_dir = self._scratch_base() / scratch_name(self.worker_id)
         return self._scratch_dir
 
     def close(self) -> None:
