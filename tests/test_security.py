@@ -165,7 +165,7 @@ def test_the_insert_guard_applies_validate_key(conn: Connection, suffix: str) ->
     if valid:
         assert insert_as(conn, ALICE, input_key=key)["status"] == "queued"
     else:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="invalid input_key"):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not one of your uploads"):
             insert_as(conn, ALICE, input_key=key)
 
 

@@ -31,19 +31,16 @@ begin
         return new;
     end if;
     v_problem := queue.object_key_problem(new.input_key);
-    if v_problem is not null then
-        raise exception 'invalid input_key %: %', pg_catalog.quote_literal(new.input_key), v_problem
-              using errcode = '42501',
-                    hint = pg_catalog.format(
-                        'upload the file under inputs/%s/ first (Supabase Storage, bucket '
-                        'stemfleet), or get an upload URL from POST /v1/uploads', v_user);
+    if v_problem is null
+       and (v_user is null
+            or pg_catalog.split_part(new.input_key, '/', 1) <> 'inputs'
+            or pg_catalog.split_part(new.input_key, '/', 2) <> v_user
+            or pg_catalog.split_part(new.input_key, '/', 3) = '') then
+        v_problem := 'not under inputs/<your user id>/';
     end if;
-    if v_user is null
-       or pg_catalog.split_part(new.input_key, '/', 1) <> 'inputs'
-       or pg_catalog.split_part(new.input_key, '/', 2) <> v_user
-       or pg_catalog.split_part(new.input_key, '/', 3) = '' then
-        raise exception 'input_key % is not one of your uploads',
-              pg_catalog.quote_literal(new.input_key)
+    if v_problem is not null then
+        raise exception 'input_key % is not one of your uploads (%)',
+              pg_catalog.quote_literal(new.input_key), v_problem
               using errcode = '42501',
                     hint = pg_catalog.format(
                         'upload the file under inputs/%s/ first (Supabase Storage, bucket '
