@@ -182,7 +182,7 @@ class Worker:
             return
         url = self.settings.require_database_url()
         if self.separator is None:
-            self.separator = Separator(self.settings)
+            self.separator = Separator(self.settings, clock=self.clock)
         self.group_size = self.settings.group_jobs or self.separator.auto_group_size()
         self._pool = create_pool(url, min_size=1, max_size=6, name="stemfleet-worker")
         try:
