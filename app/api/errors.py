@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.auth import AuthError, AuthUnavailable, Forbidden
-from app.errors import InvalidTransition, JobNotFound, StorageError
+from app.errors import InvalidTransition, JobNotFound, ModelNotServed, StorageError
 from app.log import get_logger
 
 
@@ -142,6 +142,10 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidTransition)
     async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
         return error_response(409, "invalid_transition", str(exc))
+
+    @app.exception_handler(ModelNotServed)
+    async def _model_not_served(request: Request, exc: ModelNotServed) -> JSONResponse:
+        return error_response(422, "model_not_served", str(exc))
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:

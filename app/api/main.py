@@ -22,6 +22,7 @@ from app.api.ssrf import CallbackPolicy, Resolver, system_resolver
 from app.api.webhooks import WebhookDispatcher, ensure_webhook_secret
 from app.clock import Clock, SystemClock
 from app.log import get_logger
+from app.params import fleet_model_names
 from app.queue import Queue
 from app.queue.webhooks import WEBHOOKS_CHANNEL
 from app.settings import Settings, get_settings
@@ -113,6 +114,11 @@ def create_app(
             log.warning(
                 "webhooks_disabled", reason="no STEMFLEET_WEBHOOK_SECRET: callbacks are refused"
             )
+        try:  # jobs may name the models this deployment serves (queue.served_models)
+            with ctx.connection() as conn:
+                ctx.queue.serve_models(conn, fleet_model_names(settings.model, settings.model_repo))
+        except Exception as exc:  # the database may be down or not migrated yet: not fatal
+            log.warning("served_models_not_recorded", error=str(exc))
         log.info("api_started", dev_auth=settings.dev_auth, storage=settings.storage)
         try:
             yield
