@@ -119,7 +119,7 @@ def create_app(
         finally:
             if thread is not None:
                 thread.stop()
-            ctx.close()
+            await ctx.aclose()
 
     app = FastAPI(
         title="stemfleet",

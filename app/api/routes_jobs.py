@@ -8,8 +8,9 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
 from starlette.datastructures import UploadFile
 
 from app.api.deps import Ctx, StreamUser, User, errors
@@ -17,7 +18,7 @@ from app.api.errors import ApiError, validation_message
 from app.api.intake import limited_receive, too_large
 from app.api.sse import job_event_stream
 from app.api.submit import JobCreate, JobSpec, Submitted, Submitter, Upload
-from app.api.views import BadCursor, JobList, JobOut, decode_cursor, encode_cursor, job_view
+from app.api.views import BadCursor, JobList, JobOut, decode_cursor, encode_cursor
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -213,9 +214,8 @@ def list_jobs(
             conn, limit=limit + 1, statuses=list(status) if status else None, before=before
         )
     page = jobs[:limit]
-    expires = ctx.settings.presign_expires
     return JobList(
-        jobs=[job_view(job, ctx.storage, expires=expires) for job in page],
+        jobs=ctx.views(page),
         next_cursor=encode_cursor(page[-1]) if len(jobs) > limit else None,
     )
 
@@ -229,11 +229,7 @@ def list_jobs(
 def get_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
     with ctx.user_connection(user) as conn:
         job = ctx.queue.get(conn, job_id)
-    position = None
-    if job.status == "queued":
-        with ctx.connection() as conn:
-            position = ctx.queue.job_position(conn, job.id)
-    return job_view(job, ctx.storage, expires=ctx.settings.presign_expires, position=position)
+    return ctx.views([job])[0]
 
 
 @router.post(
@@ -245,7 +241,7 @@ def get_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
 def cancel_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
     with ctx.user_connection(user) as conn:
         job = ctx.queue.cancel_as_user(conn, job_id)
-    return job_view(job, ctx.storage, expires=ctx.settings.presign_expires)
+    return ctx.view(job)
 
 
 @router.get(
@@ -254,8 +250,8 @@ def cancel_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
     description="Each event's data is the job (as GET /v1/jobs/{id}); the stream ends after a "
     "final status (succeeded, failed, cancelled). EventSource clients may pass the token as "
     "?access_token=.",
-    response_class=StreamingResponse,
-    responses=errors(401, 404, 422, extra={200: {"content": {"text/event-stream": {}}}}),
+    response_class=EventSourceResponse,
+    responses=errors(401, 404, 422, 429, extra={200: {"content": {"text/event-stream": {}}}}),
 )
-async def job_events(ctx: Ctx, user: StreamUser, job_id: UUID) -> StreamingResponse:
+async def job_events(ctx: Ctx, user: StreamUser, job_id: UUID) -> EventSourceResponse:
     return await job_event_stream(ctx, user, job_id)
