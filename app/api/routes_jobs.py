@@ -139,13 +139,15 @@ def _answer(submitted: Submitted) -> JSONResponse:
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
-    description="Answers 202 with the new job; 200 with the existing job when the "
-    "Idempotency-Key was used before, or when the same audio with the same kind and params was "
-    "submitted within the deduplication window.",
+    description="Answers 202 with the new job; 200 with the existing job when the same request "
+    "came with this Idempotency-Key before (409 if the key came with another file, input_key, "
+    "kind, params or callback_url), or when the same audio with the same kind and params was "
+    "submitted within the deduplication window (`reused_from` then names that job).",
     openapi_extra=_CREATE_OPENAPI,
     responses=errors(
         400,
         401,
+        409,
         413,
         415,
         422,
