@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
@@ -15,14 +14,13 @@ from starlette.datastructures import UploadFile
 
 from app.api.deps import Ctx, StreamUser, User, errors
 from app.api.errors import ApiError, validation_message
-from app.api.intake import limited_receive, too_large
+from app.api.limits import load_json, max_json_bytes
 from app.api.sse import job_event_stream
 from app.api.submit import JobCreate, JobSpec, Submitted, Submitter, Upload
 from app.api.views import BadCursor, JobList, JobOut, decode_cursor, encode_cursor
+from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-MULTIPART_OVERHEAD = 256 * 1024  # form fields and boundaries around the file
 
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -78,25 +76,17 @@ def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(422, "invalid_request", validation_message(list(exc.errors())))
 
 
-async def _parse_json(request: Request) -> JobCreate:
-    try:
-        data = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+async def _parse_json(request: Request, settings: Settings) -> JobCreate:
+    data = load_json(await request.body(), settings)
     try:
         return JobCreate.model_validate(data)
     except ValidationError as exc:
         raise _invalid(exc) from None
 
 
-async def _parse_form(request: Request, max_bytes: int) -> tuple[JobSpec, UploadFile]:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > max_bytes + MULTIPART_OVERHEAD:
-        raise too_large(max_bytes)
-    limited = Request(
-        request.scope, limited_receive(request.receive, max_bytes + MULTIPART_OVERHEAD)
-    )
-    form = await limited.form(max_files=1, max_fields=10)
+async def _parse_form(request: Request, settings: Settings) -> tuple[JobSpec, UploadFile]:
+    """The body's size was bounded before it streamed in (app/api/limits.py)."""
+    form = await request.form(max_files=1, max_fields=10, max_part_size=max_json_bytes(settings))
     file = form.get("file")
     if not isinstance(file, UploadFile):
         raise ApiError(
@@ -110,8 +100,10 @@ async def _parse_form(request: Request, max_bytes: int) -> tuple[JobSpec, Upload
     raw_params = form.get("params")
     if isinstance(raw_params, str) and raw_params.strip():
         try:
-            fields["params"] = json.loads(raw_params)
-        except ValueError:
+            fields["params"] = load_json(raw_params, settings)
+        except ApiError as exc:
+            if exc.status != 400:
+                raise
             raise ApiError(
                 422, "invalid_request", 'params must be a JSON object, e.g. {"format": "mp3"}'
             ) from None
@@ -172,12 +164,12 @@ async def create_job(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     submitter = Submitter(ctx)
     if content_type == "application/json":
-        spec = await _parse_json(request)
+        spec = await _parse_json(request, ctx.settings)
         submitted = await run_in_threadpool(
             submitter.submit, user, spec, key=spec.input_key, idempotency_key=idempotency_key
         )
     elif content_type == "multipart/form-data":
-        form_spec, file = await _parse_form(request, ctx.max_upload_bytes)
+        form_spec, file = await _parse_form(request, ctx.settings)
         try:
             upload = Upload(file=file.file, filename=file.filename or "")
             submitted = await run_in_threadpool(
