@@ -112,6 +112,7 @@ class JobEventBroadcaster:
         self._by_job: dict[UUID, set[Subscription]] = {}
         self._per_user: dict[UUID, int] = {}
         self._dirty: set[UUID] = set()
+        self._in_line: set[UUID] = set()  # subscribed jobs last seen queued (or not yet read)
         self._anything_changed = False
         self._wake = asyncio.Event()
         self._listening = asyncio.Event()
@@ -128,6 +129,7 @@ class JobEventBroadcaster:
         subscription = Subscription(self, user_id, job_id)
         self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         self._by_job.setdefault(job_id, set()).add(subscription)
+        self._in_line.add(job_id)
         return subscription
 
     def unsubscribe(self, subscription: Subscription) -> None:
@@ -137,6 +139,7 @@ class JobEventBroadcaster:
         subscribers.discard(subscription)
         if not subscribers:
             del self._by_job[subscription.job_id]
+            self._in_line.discard(subscription.job_id)
         left = self._per_user[subscription.user_id] - 1
         if left:
             self._per_user[subscription.user_id] = left
@@ -235,11 +238,7 @@ class JobEventBroadcaster:
         dirty, self._dirty = self._dirty, set()
         anything, self._anything_changed = self._anything_changed, False
         if anything:  # any change can move a queued job's place in line
-            dirty |= {
-                job_id
-                for job_id, subs in self._by_job.items()
-                if any(s.last is None or s.last.job.status == "queued" for s in subs)
-            }
+            dirty |= self._in_line
         wanted = [job_id for job_id in dirty if job_id in self._by_job]
         if not wanted:
             return
@@ -249,5 +248,10 @@ class JobEventBroadcaster:
             self._dirty |= set(wanted)
             raise
         for job_id in wanted:
+            state = states.get(job_id)
+            if state is not None and state.job.status == "queued" and job_id in self._by_job:
+                self._in_line.add(job_id)
+            else:
+                self._in_line.discard(job_id)
             for subscription in list(self._by_job.get(job_id, ())):
-                subscription.offer(states.get(job_id))
+                subscription.offer(state)
