@@ -190,6 +190,7 @@ async def run(db_url: str, args: argparse.Namespace, api_pid: int) -> dict[str, 
     sent: dict[tuple[str, tuple[str, float]], float] = {}
     interval = 1.0 / args.rate
     cpu_before, wall_before = cpu_seconds(api_pid), time.monotonic()
+    client_before = time.process_time()
     with connect(db_url) as conn:
         for step in ("progress", "complete"):
             for job_id in by_id:
@@ -205,6 +206,7 @@ async def run(db_url: str, args: argparse.Namespace, api_pid: int) -> dict[str, 
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=300)
     api_cpu = cpu_seconds(api_pid) - cpu_before
+    client_cpu = time.process_time() - client_before
     changes_wall = time.monotonic() - wall_before
     stop_sampling.set()
     await sampler
@@ -230,6 +232,7 @@ async def run(db_url: str, args: argparse.Namespace, api_pid: int) -> dict[str, 
         "held_open": held_open,
         "changes": len(sent),
         "api_cpu_share": api_cpu / changes_wall,
+        "client_cpu_share": client_cpu / changes_wall,
         "deliveries": len(latencies),
         "missing": missing,
         "p50": percentile(latencies, 50) if latencies else float("nan"),
@@ -282,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.rate:g} job changes per second (a progress heartbeat, then the completion, "
             "for every job); latency is from just before the change's statement was sent to "
             "its event's arrival at the client",
+            f"- the client's own CPU while changing: {result['client_cpu_share']:.0%} of a core",
             f"- streams refused or failed at opening: {result['open_errors']} "
             f"{result['first_error']}",
             f"- load average before / after: {load_before} / {load_after}",
