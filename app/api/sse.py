@@ -53,7 +53,12 @@ async def job_event_stream(ctx: ApiContext, user_id: UUID, job_id: UUID) -> Even
             if first.job.is_final:
                 return
             async for state in subscription.updates():
-                if subscription.last is not None and state.shown == subscription.last.shown:
+                last = subscription.last
+                # A re-read that began before the stream's own first read can arrive after it:
+                # never step back to an older row.
+                if last is not None and (
+                    state.shown == last.shown or state.job.updated_at < last.job.updated_at
+                ):
                     continue
                 sent += 1
                 yield render(state, sent)
