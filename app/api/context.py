@@ -15,6 +15,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from app.api.auth import Authenticator
 from app.api.broadcast import JobEventBroadcaster, JobState
 from app.api.errors import DatabaseUnavailable
+from app.api.limits import max_upload_bytes
 from app.api.ssrf import CallbackPolicy
 from app.api.views import JobOut, job_view
 from app.clock import Clock
@@ -45,7 +46,7 @@ class ApiContext:
 
     @property
     def max_upload_bytes(self) -> int:
-        return int(self.settings.max_upload_mb * 1024 * 1024)
+        return max_upload_bytes(self.settings)
 
     def pool(self) -> ConnectionPool[Connection]:
         """The pool, opened on first use (so the app also works without its lifespan)."""
