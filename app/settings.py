@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     webhook_timeout: Duration = 10.0  # per delivery attempt
     webhook_poll_interval: Duration = 5.0  # dispatcher fallback poll (it also LISTENs)
     sse_keepalive: Duration = 15.0  # comment line sent on an idle event stream
+    sse_max_streams_per_user: int = Field(20, ge=1)  # open event streams per user and process
+    max_json_kb: float = Field(64.0, gt=0)  # a JSON request body (or the multipart params field)
+    max_json_depth: int = Field(32, ge=2, le=1000)  # nesting of arrays and objects in JSON input
     scaler_run_timeout: Duration = 120.0  # POST /v1/admin/scaler/run
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # or ["*"]
 

@@ -17,6 +17,7 @@ from app.api import routes_admin, routes_files, routes_health, routes_jobs, rout
 from app.api.auth import Authenticator, ensure_dev_token
 from app.api.context import ApiContext
 from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimits
 from app.api.metrics import ApiMetrics, LatencyMiddleware
 from app.api.ssrf import CallbackPolicy, Resolver, system_resolver
 from app.api.webhooks import WebhookDispatcher, ensure_webhook_secret
@@ -125,7 +126,7 @@ def create_app(
         finally:
             if thread is not None:
                 thread.stop()
-            ctx.close()
+            await ctx.aclose()
 
     app = FastAPI(
         title="stemfleet",
@@ -141,6 +142,7 @@ def create_app(
     install_error_handlers(app)
     for module in (routes_jobs, routes_uploads, routes_files, routes_admin, routes_health):
         app.include_router(module.router)
+    app.add_middleware(BodyLimits, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
