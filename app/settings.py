@@ -152,6 +152,9 @@ class Settings(BaseSettings):
     sse_keepalive: Duration = 15.0  # comment line sent on an idle event stream
     scaler_run_timeout: Duration = 120.0  # POST /v1/admin/scaler/run
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # or ["*"]
+    # the web page signs users in with Supabase Auth (email) when both are set
+    supabase_url: str | None = None  # https://<project>.supabase.co
+    supabase_anon_key: str | None = None  # the project's public anon key
 
     # --- CLI and embedded default -----------------------------------------------------------
     api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system
