@@ -155,6 +155,7 @@ class Settings(BaseSettings):
     # the web page signs users in with Supabase Auth (email) when both are set
     supabase_url: str | None = None  # https://<project>.supabase.co
     supabase_anon_key: str | None = None  # the project's public anon key
+    web_presign_above_mb: float = Field(8.0, ge=0)  # the page PUTs bigger files to storage
 
     # --- CLI and embedded default -----------------------------------------------------------
     api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system

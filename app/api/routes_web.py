@@ -30,6 +30,7 @@ class WebConfig(BaseModel):
     default_model: str
     models: list[str]
     max_upload_bytes: int
+    presign_above_bytes: int = Field(description="bigger files go through a presigned PUT")
 
 
 def _page(name: str) -> FileResponse:
@@ -58,6 +59,7 @@ def web_config(ctx: Ctx) -> WebConfig:
         default_model=settings.model,
         models=models,
         max_upload_bytes=ctx.max_upload_bytes,
+        presign_above_bytes=int(settings.web_presign_above_mb * 1024 * 1024),
     )
 
 

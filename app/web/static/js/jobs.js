@@ -78,7 +78,10 @@ export class JobList {
     let row = /** @type {HTMLElement | null} */ (this.list.querySelector(`[data-id="${job.id}"]`));
     if (!row) {
       row = el("li", { class: "job", "data-id": job.id });
-      this.list.prepend(row); // newest first: jobs arrive oldest first
+      // newest first, whatever order the answers come in
+      const older = [...this.list.children].find(
+        (other) => (this.jobs.get(other.getAttribute("data-id") || "")?.created_at || "") < job.created_at);
+      this.list.insertBefore(row, older || null);
     }
     this.render(row, job);
     this.empty.hidden = true;

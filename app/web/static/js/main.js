@@ -81,7 +81,7 @@ async function showApp(config) {
     el("option", { value: m === config.default_model ? "" : m }, m === config.default_model ? `${m} (default)` : m)));
   const player = new StemPlayer($("player"));
   jobs = new JobList($("jobs"), $("jobs-empty"), (job) => player.open(job));
-  setUpUploads($("upload-form"), (job, deduplicated) => {
+  setUpUploads($("upload-form"), config, (job, deduplicated) => {
     const from = job.reused_from || job.reused_from_job_id || job.deduplicated_from;
     const note = deduplicated || from
       ? `The same audio with the same options was separated before${from ? ` (job ${from})` : ""}: its stems are reused.`

@@ -4,8 +4,9 @@ import { api, send } from "./api.js";
 import { currentToken } from "./session.js";
 import { el } from "./dom.js";
 
-/** Files bigger than this go through POST /v1/uploads and a presigned PUT. */
-export const BIG_FILE_BYTES = 8 * 1024 * 1024;
+/** Files bigger than this go through POST /v1/uploads and a presigned PUT (the server's
+ * STEMFLEET_WEB_PRESIGN_ABOVE_MB, from /v1/web/config). */
+let presignAbove = 8 * 1024 * 1024;
 
 /**
  * The job's kind and params from the form.
@@ -38,7 +39,7 @@ export function chosenOptions(form) {
 export async function submitFile(file, options, progress) {
   const token = await currentToken();
   const auth = { Authorization: `Bearer ${token}` };
-  if (file.size > BIG_FILE_BYTES) {
+  if (file.size > presignAbove) {
     const type = file.type || undefined;
     const ticket = await api("/v1/uploads", {
       method: "POST",
@@ -63,10 +64,11 @@ export async function submitFile(file, options, progress) {
 
 /**
  * Wire the drop zone, the file picker and the options.
- * @param {HTMLFormElement} form
+ * @param {HTMLFormElement} form @param {any} config /v1/web/config
  * @param {(job: any, deduplicated: boolean) => void} onSubmitted
  */
-export function setUpUploads(form, onSubmitted) {
+export function setUpUploads(form, config, onSubmitted) {
+  if (config && typeof config.presign_above_bytes === "number") presignAbove = config.presign_above_bytes;
   const drop = /** @type {HTMLElement} */ (form.querySelector("#drop"));
   const input = /** @type {HTMLInputElement} */ (form.querySelector("#files"));
   const list = /** @type {HTMLElement} */ (form.querySelector("#uploads"));
