@@ -1,21 +1,25 @@
 """The pages: `/` (the user's), `/admin` (the operator's), their files under `/static`, the
 page's configuration, and `/docs` with the OpenAPI UI's assets served from the
-`swagger-ui-bundle` package (FastAPI's self-hosting recipe), so it works offline."""
+`fastapi-offline` package (Swagger UI 5, which reads OpenAPI 3.1) with FastAPI's
+self-hosting recipe, so it works offline."""
 
 from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
-from swagger_ui_bundle import swagger_ui_path
 
 from app.api import routes_stems
 from app.api.deps import Ctx
 from app.web import STATIC_DIR
 
 DOCS_ASSETS = "/docs-assets"
+SWAGGER_UI_DIR = Path(str(resources.files("fastapi_offline") / "static"))
 KNOWN_MODELS = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx_extra")
 
 router = APIRouter(include_in_schema=False)
@@ -69,7 +73,7 @@ def mount_web(app: FastAPI) -> None:
     app.include_router(routes_stems.router)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    app.mount(DOCS_ASSETS, StaticFiles(directory=swagger_ui_path), name="docs-assets")
+    app.mount(DOCS_ASSETS, StaticFiles(directory=SWAGGER_UI_DIR), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
     @app.get("/docs", include_in_schema=False)

@@ -142,6 +142,7 @@ function boot() {
   useSessionKey("stemfleet.operator");
   wireNotice();
   takeFromLink(null);
+  window.addEventListener("hashchange", () => takeFromLink(null) && location.reload());
   $("token-form").addEventListener("submit", (/** @type {Event} */ event) => {
     event.preventDefault();
     saveSession({ access_token: $("token-input").value.trim() });

@@ -18,6 +18,8 @@ async function boot() {
   wireNotice();
   const config = await webConfig();
   takeFromLink(config);
+  // a sign-in link opened in a tab already on this page changes only the fragment
+  window.addEventListener("hashchange", () => takeFromLink(config) && location.reload());
   $("sign-out").addEventListener("click", () => {
     signOut();
     location.reload();
