@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -155,3 +156,34 @@ def test_scaler_run_loops_until_sigterm(db_url: str, tmp_path: Path) -> None:
         if loop.poll() is None:
             loop.kill()
             loop.wait()
+
+
+def test_an_idle_scaler_loop_prints_and_logs_only_what_changed(db_url: str, tmp_path: Path) -> None:
+    """`stemfleet up` runs the scaler every 2 s: with nothing to do, its first run is said and
+    the others are not (they are still recorded in scaler.runs)."""
+    from app.db import connect
+
+    env = command_env(db_url, tmp_path, provider="local", log_level="INFO")
+    loop = subprocess.Popen(
+        scaler_command("run", "--interval", "0.05"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        with connect(db_url) as conn:
+            waited = threading.Event()
+            while conn.execute("select count(*) as n from scaler.runs").fetchone()["n"] < 6:
+                assert loop.poll() is None, loop.communicate()
+                waited.wait(0.05)  # the loop's own pace: runs are 50 ms apart
+        loop.send_signal(signal.SIGTERM)
+        out, err = loop.communicate(timeout=60)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    said = [line for line in out.splitlines() if line.startswith("run ")]
+    assert len(said) == 1, out
+    assert '"scaler_run"' not in err, err
