@@ -395,7 +395,8 @@ def test_the_page_reads_well_at_a_phone_width(system: System, browser: Browser) 
     driver.set_window_size(390, 844)
     try:
         browser.wait(lambda d: len(browser.job_rows()) >= 3, 30)
-        assert browser.js("return document.documentElement.scrollWidth <= window.innerWidth")
+        page = "document.documentElement"
+        assert browser.js(f"return {page}.scrollWidth <= {page}.clientWidth"), "it scrolls sideways"
         browser.shot("web-user-phone.png")
     finally:
         driver.set_window_size(1100, 1400)

@@ -2,7 +2,7 @@
 // the scaler's decisions. Service token only; refreshed every few seconds.
 import { api } from "./api.js";
 import { wireNotice } from "./notice.js";
-import { barChart, figure, gauge, money } from "./chart.js";
+import { barChart, figure, gauge, gaugeText, money } from "./chart.js";
 import { el, duration } from "./dom.js";
 import { saveSession, session, signOut, takeFromLink, useSessionKey } from "./session.js";
 
@@ -43,13 +43,15 @@ function dailyBars(/** @type {any[]} */ daily) {
 /** @param {any} spend */
 function renderSpend(spend) {
   const { now, budget } = spend;
+  const meter = (/** @type {string} */ title, /** @type {number} */ value, /** @type {number} */ limit) =>
+    figure(`${title}: ${gaugeText(value, limit)}`, gauge(value, limit), `${title} against its limit`);
   $("gauges").replaceChildren(
-    figure("Today (UTC)", gauge(Number(now.today_usd), budget.daily_usd), "spent today against the daily budget"),
-    figure("This month", gauge(Number(now.month_usd), budget.monthly_usd), "spent this month against the monthly budget"),
-    figure("Billed now, per hour", gauge(Number(now.hourly_usd), budget.max_hourly_usd), "hourly rate against the ceiling"),
+    meter("Today (UTC)", Number(now.today_usd), budget.daily_usd),
+    meter("This month", Number(now.month_usd), budget.monthly_usd),
+    meter("Billed now, per hour", Number(now.hourly_usd), budget.max_hourly_usd),
   );
   const bars = dailyBars(spend.daily);
-  const chart = barChart(bars, { limit: budget.daily_usd, limitLabel: "daily budget" });
+  const chart = barChart(bars, { limit: budget.daily_usd, limitLabel: "daily budget", width: 640 });
   bars.forEach((bar, i) => chart.querySelectorAll("rect.bar")[i]?.setAttribute("data-day", bar.day));
   $("spend-chart").replaceChildren(figure(`Spend per day, last ${DAYS_SHOWN} days`, chart,
     "spend per UTC day against the daily budget"));

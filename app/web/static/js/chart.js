@@ -18,7 +18,8 @@ function svg(tag, attributes, text) {
 /** @param {number} value @param {string} unit */
 export function money(value, unit = "$") {
   const v = Number(value || 0);
-  return unit === "$" ? `$${v < 10 ? v.toFixed(2) : v.toFixed(0)}` : `${v.toFixed(v < 10 ? 1 : 0)}${unit}`;
+  if (unit === "$") return `$${v < 10 ? v.toFixed(2) : v.toFixed(0)}`;
+  return unit ? `${v.toFixed(v < 10 ? 1 : 0)}${unit}` : String(Math.round(v)); // "" = a count
 }
 
 /**
@@ -39,17 +40,17 @@ export function figure(caption, chart, summary) {
 /**
  * Vertical bars with an optional limit line (a budget); a bar over the limit is drawn red.
  * @param {{label: string, value: number}[]} bars
- * @param {{limit?: number | null, limitLabel?: string, unit?: string}} [options]
+ * @param {{limit?: number | null, limitLabel?: string, unit?: string, width?: number}} [options]
  */
 export function barChart(bars, options = {}) {
-  const width = 320;
+  const width = options.width || 320;
   const height = 160;
-  const left = 36;
+  const left = 40;
   const bottom = 22;
   const top = 10;
-  const unit = options.unit || "$";
+  const unit = options.unit ?? "$";
   const limit = options.limit || 0;
-  const peak = Math.max(limit * 1.15, ...bars.map((b) => b.value), 1e-9);
+  const peak = Math.max(limit * 1.15, ...bars.map((b) => b.value), unit ? 1e-9 : 1);
   const y = (/** @type {number} */ v) => top + (height - top - bottom) * (1 - v / peak);
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "bars" });
   chart.append(svg("line", { class: "axis", x1: left, x2: width, y1: y(0), y2: y(0) }));
@@ -80,25 +81,29 @@ export function barChart(bars, options = {}) {
 }
 
 /**
- * One horizontal gauge: how much of a budget is used.
- * @param {number} value @param {number | null} limit @param {string} [unit]
+ * One horizontal gauge: how much of a budget is used; `gaugeText` says it in words.
+ * @param {number} value @param {number | null} limit
  */
-export function gauge(value, limit, unit = "$") {
+export function gauge(value, limit) {
   const width = 320;
-  const height = 44;
+  const height = 28;
   const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "gauge" });
   const scale = Math.max(limit || 0, value, 1e-9) * 1.1;
   const x = (/** @type {number} */ v) => (width - 4) * (v / scale) + 2;
-  chart.append(svg("rect", { class: "axis", x: 2, y: 8, width: width - 4, height: 16, fill: "none",
+  chart.append(svg("rect", { class: "axis", x: 2, y: 6, width: width - 4, height: 16, fill: "none",
     stroke: "currentColor" }));
   const over = limit !== null && limit > 0 && value > limit;
-  chart.append(svg("rect", { class: over ? "bar over" : "bar", x: 2, y: 8,
+  chart.append(svg("rect", { class: over ? "bar over" : "bar", x: 2, y: 6,
     width: Math.max(0, x(value) - 2), height: 16, "data-value": value }));
   if (limit) {
-    chart.append(svg("line", { class: "limit", x1: x(limit), x2: x(limit), y1: 4, y2: 28,
+    chart.append(svg("line", { class: "limit", x1: x(limit), x2: x(limit), y1: 2, y2: 26,
       "data-limit": limit }));
   }
-  const used = limit ? ` (${Math.round((100 * value) / limit)}% of ${money(limit, unit)})` : " (no limit set)";
-  chart.append(svg("text", { x: 2, y: 40 }, `${money(value, unit)}${used}`));
   return chart;
+}
+
+/** "$3.20 (40% of $8.00)" @param {number} value @param {number | null} limit */
+export function gaugeText(value, limit) {
+  if (!limit) return `${money(value)} (no limit set)`;
+  return `${money(value)} (${Math.round((100 * value) / limit)}% of ${money(limit)})`;
 }

@@ -93,7 +93,7 @@ export class JobList {
     const focused = row.contains(document.activeElement)
       ? document.activeElement?.getAttribute("data-action") : null;
     row.dataset.status = job.status;
-    row.replaceChildren(
+    row.replaceChildren(...[
       el("div", { class: "job-head" },
         el("strong", { class: "name" }, fileName(job.input_key)),
         el("span", { class: `badge ${job.status}` }, job.status === "succeeded" ? "done" : job.status)),
@@ -101,7 +101,7 @@ export class JobList {
       this.state(job),
       this.notes.has(job.id) ? el("p", { class: "note" }, this.notes.get(job.id)) : null,
       this.actions(job),
-    );
+    ].filter(Boolean));
     if (focused) row.querySelector(`[data-action="${focused}"]`)?.focus();
   }
 

@@ -48,10 +48,13 @@ export async function drawWaveform(canvas, url) {
     pen.scale(ratio, ratio);
     pen.fillStyle = getComputedStyle(canvas).color || "#34d399";
     const pairs = peaks(audio, width);
+    // scaled to the stem's own peak, so a quiet stem still shows its shape
+    const loudest = pairs.reduce((most, v) => Math.max(most, Math.abs(v)), 0);
+    const gain = loudest > 1e-4 ? 0.95 / loudest : 1;
     const middle = height / 2;
     for (let x = 0; x < width; x++) {
-      const top = middle - pairs[2 * x + 1] * middle;
-      const bottom = middle - pairs[2 * x] * middle;
+      const top = middle - pairs[2 * x + 1] * gain * middle;
+      const bottom = middle - pairs[2 * x] * gain * middle;
       pen.fillRect(x, top, 1, Math.max(1, bottom - top));
     }
     canvas.dataset.drawn = "true";
