@@ -53,6 +53,8 @@ export class JobList {
     this.notes = new Map();
     /** @type {Map<string, EventSource>} */
     this.streams = new Map();
+    /** @type {Set<string>} jobs whose stream was refused (429, 404…): polled instead */
+    this.refused = new Set();
     this.timer = setInterval(() => this.poll(), POLL_MS);
   }
 
@@ -161,7 +163,7 @@ export class JobList {
 
   /** Follow one job over its event stream (while the budget of streams allows). */
   async follow(id) {
-    if (this.streams.has(id) || this.streams.size >= MAX_STREAMS) return;
+    if (this.streams.has(id) || this.refused.has(id) || this.streams.size >= MAX_STREAMS) return;
     const token = await currentToken();
     if (this.streams.has(id)) return;
     const stream = new EventSource(`/v1/jobs/${id}/events?access_token=${encodeURIComponent(token || "")}`);
@@ -174,7 +176,10 @@ export class JobList {
     stream.onerror = () => {
       // a refused stream (401, 404) closes for good; a dropped one reconnects by itself.
       // Either way, one plain request tells the page what is wrong (unreachable, expired).
-      if (stream.readyState === EventSource.CLOSED) this.unfollow(id);
+      if (stream.readyState === EventSource.CLOSED) {
+        this.refused.add(id);
+        this.unfollow(id);
+      }
       api(`/v1/jobs/${id}`).then((job) => this.upsert(job)).catch(() => {});
     };
   }
@@ -183,7 +188,8 @@ export class JobList {
   unfollow(id) {
     this.streams.get(id)?.close();
     this.streams.delete(id);
-    const next = [...this.jobs.values()].find((j) => !FINAL.has(j.status) && !this.streams.has(j.id));
+    const next = [...this.jobs.values()].find(
+      (j) => !FINAL.has(j.status) && !this.streams.has(j.id) && !this.refused.has(j.id));
     if (next) this.follow(next.id);
   }
 
