@@ -44,7 +44,7 @@ from demucs.repo import ModelLoadingError
 
 from app.errors import ConfigError, PermanentJobError, RetryableJobError, StemfleetError
 from app.log import get_logger
-from app.params import JobParams
+from app.params import KNOWN_MODELS, JobParams
 from app.settings import Settings
 
 # On CPU a batch of several segments is slower than one at a time (bench/results/separation.md:
@@ -54,17 +54,6 @@ CPU_BATCH_SIZE = 1
 MAX_AUTO_BATCH = 32
 MAX_AUTO_GROUP = 8  # jobs separated together by default where a pass holds several segments
 CACHED_MODELS = 2  # models loaded on demand, besides the configured one
-KNOWN_MODELS = (
-    "htdemucs",
-    "htdemucs_ft",
-    "htdemucs_6s",
-    "hdemucs_mmi",
-    "mdx",
-    "mdx_extra",
-    "mdx_q",
-    "mdx_extra_q",
-    "demucs_unittest",
-)
 
 ProgressFn = Callable[[float], None]
 StopFn = Callable[[], bool]

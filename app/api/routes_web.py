@@ -16,11 +16,11 @@ from pydantic import BaseModel, Field
 
 from app.api import routes_stems
 from app.api.deps import Ctx
+from app.params import KNOWN_MODELS
 from app.web import STATIC_DIR
 
 DOCS_ASSETS = "/docs-assets"
 SWAGGER_UI_DIR = Path(str(resources.files("fastapi_offline") / "static"))
-KNOWN_MODELS = ("htdemucs", "htdemucs_ft", "htdemucs_6s", "hdemucs_mmi", "mdx_extra")
 
 router = APIRouter(include_in_schema=False)
 
@@ -55,7 +55,9 @@ def operator_page() -> FileResponse:
 @router.get("/v1/web/config", response_model=WebConfig)
 def web_config(ctx: Ctx) -> WebConfig:
     settings = ctx.settings
-    models = [settings.model, *(m for m in KNOWN_MODELS if m != settings.model)]
+    # the fleet's own model first; the untrained test model only where it is the fleet's
+    offered = (m for m in KNOWN_MODELS if m not in (settings.model, "demucs_unittest"))
+    models = [settings.model, *offered]
     return WebConfig(
         dev_auth=settings.dev_auth,
         supabase_url=settings.supabase_url,
