@@ -295,7 +295,7 @@ def test_the_player_plays_mutes_solos_and_seeks_the_stems_in_step(browser: Brows
     state = _stems_state(browser)
     assert not any(s["paused"] for s in state.values()), state
     times = [s["time"] for s in state.values()]
-    assert max(times) - min(times) < 0.15, state  # in step
+    assert max(times) - min(times) < 0.2, state  # in step
 
     _stem_button(browser, "vocals", "mute").click()
     state = _stems_state(browser)
@@ -319,7 +319,7 @@ def test_the_player_plays_mutes_solos_and_seeks_the_stems_in_step(browser: Brows
     assert all(abs(s["time"] - 10) < 0.3 for s in state.values()), state
     browser.wait(lambda d: all(s["time"] > 10.3 for s in _stems_state(browser).values()), 30)
     times = [s["time"] for s in _stems_state(browser).values()]
-    assert max(times) - min(times) < 0.15, times
+    assert max(times) - min(times) < 0.2, times
     browser.shot("web-user.png")
 
 
