@@ -211,6 +211,11 @@ const note = (row) => {
 };
 new MutationObserver(() => document.querySelectorAll("#jobs li.job").forEach(note))
   .observe(document.getElementById("jobs"), {subtree: true, childList: true, attributes: true});
+window.__uploaded = {};
+new MutationObserver(() => document.querySelectorAll("#uploads li").forEach((row) => {
+  const value = row.querySelector("progress").getAttribute("value");
+  (window.__uploaded[row.dataset.name] ||= []).push(Number(value));
+})).observe(document.getElementById("uploads"), {subtree: true, childList: true, attributes: true});
 """
 
 
@@ -252,6 +257,9 @@ def test_two_songs_go_queued_running_done_without_reloading(
     assert any(0 < p < 1 for p in progress), f"no progress between 0 and 1: {seen[big_id]}"
     # one page load all along, and the big file went straight to storage
     assert browser.js("return window.__loaded") == browser.js("return performance.timeOrigin")
+    uploaded: dict[str, list[float]] = browser.js("return window.__uploaded")
+    for name in ("small song.wav", "big song.wav"):  # each had its upload progress bar move
+        assert max(uploaded[name]) > 0.5, uploaded
     requests = browser.js("return performance.getEntriesByType('resource').map(e => e.name)")
     assert any("/v1/uploads" in r for r in requests), requests
     assert any("/v1/files/inputs/" in r for r in requests), requests

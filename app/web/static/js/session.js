@@ -94,7 +94,7 @@ export async function signInWithPassword(url, anonKey, email, password) {
 /** Supabase Auth: email a magic link that comes back to this page. */
 export async function sendMagicLink(url, anonKey, email) {
   const back = encodeURIComponent(location.origin + location.pathname);
-  await gotrue(url, anonKey, `otp?redirect_to=${back}`, { email, create_user: false });
+  await gotrue(url, anonKey, `otp?redirect_to=${back}`, { email });
 }
 
 /** The access token to send now, refreshed first when it is about to expire. */
