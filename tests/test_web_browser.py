@@ -3,24 +3,15 @@ Selenium) against a real `stemfleet up`: Postgres, the API, the scaler and a loc
 running Demucs' tiny model. One system and one browser serve the whole module; the tests run
 in order, as a user would go: sign in with the printed link, drop two songs in, watch them go
 through the queue, play and mix the stems, download them, cancel one, see a failure's reason,
-then the operator's page. No sleeps: every wait is on a DOM condition or a file.
+sign in with Supabase Auth (a fake GoTrue), then the operator's page. No sleeps: every wait is
+on a DOM condition or a file.
 """
 
 from __future__ import annotations
 
 import io
-import os
-import queue
 import re
-import shutil
-import signal
-import subprocess
-import sys
-import tempfile
-import threading
 import zipfile
-from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,195 +19,26 @@ from typing import Any
 import psycopg
 import pytest
 import soundfile as sf
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
-from selenium.webdriver.support.ui import WebDriverWait
 
-from app.pgserver import free_port
 from tests.audio_fixtures import write_clip, write_corrupt
-from tests.test_cli_embedded import _data_folder, _environment, _read_lines, _wait_for_line
+from tests.web_support import (
+    DAILY_BUDGET,
+    RECORDER,
+    STEMS,
+    Browser,
+    FakeGoTrue,
+    System,
+    browser,
+    gotrue,
+    system,
+)
+
+__all__ = ["browser", "gotrue", "system"]  # the module's shared fixtures
 
 pytestmark = pytest.mark.slow
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-WAIT = 120  # seconds: a job on a shared, busy CI machine
-DAILY_BUDGET = 8.0
-STEMS = {"drums", "bass", "other", "vocals"}
-
-
-@dataclass
-class System:
-    process: subprocess.Popen[str]
-    url: str
-    user_link: str
-    operator_link: str
-    banner: str
-    database_url: str
-    data_dir: Path
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """`stemfleet up` as a user starts it, with a worker from the start; files over 1 MiB go
-    through the presigned PUT; a small daily budget, so a recorded day can go over it."""
-    folder = _data_folder()
-    tmp = tmp_path_factory.mktemp("web-up")
-    env = _environment(
-        folder,
-        tmp,
-        STEMFLEET_MIN_MACHINES="1",
-        STEMFLEET_WEB_PRESIGN_ABOVE_MB="1",
-        STEMFLEET_DAILY_BUDGET_USD=str(DAILY_BUDGET),
-    )
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--port", str(port), "--scaler-interval", "0.5"],
-        env=env,
-        cwd=tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
-    try:
-        banner = "".join(_wait_for_line(lines, "Press Ctrl-C", 120))
-        user = re.search(r"open\s+(http://\S+/#token=\S+)", banner)
-        operator = re.search(r"operator\s+(http://\S+/admin#token=\S+)", banner)
-        database = re.search(r"database\s+(\S+)", banner)
-        assert user and operator and database, banner
-        yield System(
-            process,
-            f"http://127.0.0.1:{port}",
-            user.group(1),
-            operator.group(1),
-            banner,
-            database.group(1),
-            folder,
-        )
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            process.wait(timeout=120)
-        shutil.rmtree(folder.parent, ignore_errors=True)
-
-
-@dataclass
-class Browser:
-    driver: WebDriver
-    downloads: Path
-    screenshots: Path
-
-    def wait(self, condition: Any, timeout: float = WAIT, message: str = "") -> Any:
-        return WebDriverWait(self.driver, timeout, poll_frequency=0.1).until(condition, message)
-
-    def js(self, script: str, *args: Any) -> Any:
-        return self.driver.execute_script(script, *args)
-
-    def job_rows(self) -> list[WebElement]:
-        return self.driver.find_elements(By.CSS_SELECTOR, "#jobs li.job")
-
-    def row(self, job_id: str) -> WebElement:
-        return self.driver.find_element(By.CSS_SELECTOR, f'#jobs li.job[data-id="{job_id}"]')
-
-    def status(self, job_id: str) -> str:
-        return str(self.row(job_id).get_attribute("data-status"))
-
-    def named(self, name: str) -> str:
-        """The id of the job whose file is `name`."""
-        for row in self.job_rows():
-            if row.find_element(By.CSS_SELECTOR, ".name").text == name:
-                return str(row.get_attribute("data-id"))
-        raise AssertionError(f"no job for {name}")
-
-    def drop_files(self, *paths: Path) -> list[str]:
-        """Pick files as a user does; returns the new jobs' ids, newest first."""
-        before = {r.get_attribute("data-id") for r in self.job_rows()}
-        picker = self.driver.find_element(By.ID, "files")
-        picker.send_keys("\n".join(str(p) for p in paths))
-        self.wait(
-            lambda d: (
-                len(self.job_rows()) >= len(before) + len(paths)
-                or d.find_elements(By.CSS_SELECTOR, "#uploads li.failed")
-            ),
-            message="the files did not become jobs",
-        )
-        return [
-            str(r.get_attribute("data-id"))
-            for r in self.job_rows()
-            if r.get_attribute("data-id") not in before
-        ]
-
-    def shot(self, name: str) -> Path:
-        path = self.screenshots / name
-        self.driver.save_screenshot(str(path))
-        return path
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
-    downloads = tmp_path_factory.mktemp("downloads")
-    screenshots = Path(
-        os.environ.get("STEMFLEET_TEST_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots")
-    )
-    screenshots.mkdir(parents=True, exist_ok=True)
-    profile = tempfile.mkdtemp(prefix="stemfleet-chromium-")
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in (
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--autoplay-policy=no-user-gesture-required",
-        "--mute-audio",
-        "--window-size=1100,1400",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(flag)
-    options.add_experimental_option(
-        "prefs",
-        {"download.default_directory": str(downloads), "download.prompt_for_download": False},
-    )
-    # the driver's path is given: Selenium Manager never looks for (or downloads) one
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    try:
-        yield Browser(driver, downloads, screenshots)
-    finally:
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
-
-
-# The page's state over time, recorded in the page by a MutationObserver (the test's own
-# instrument): every status and progress each job row showed, in order.
-RECORDER = """
-window.__seen = {};
-window.__loaded = performance.timeOrigin;
-const note = (row) => {
-  const bar = row.querySelector("progress.job-progress");
-  const entry = row.dataset.status + (bar ? ":" + bar.getAttribute("value") : "");
-  const seen = (window.__seen[row.dataset.id] ||= []);
-  if (seen[seen.length - 1] !== entry) seen.push(entry);
-};
-new MutationObserver(() => document.querySelectorAll("#jobs li.job").forEach(note))
-  .observe(document.getElementById("jobs"), {subtree: true, childList: true, attributes: true});
-window.__uploaded = {};
-new MutationObserver(() => document.querySelectorAll("#uploads li").forEach((row) => {
-  const value = row.querySelector("progress").getAttribute("value");
-  (window.__uploaded[row.dataset.name] ||= []).push(Number(value));
-})).observe(document.getElementById("uploads"), {subtree: true, childList: true, attributes: true});
-"""
 
 
 def test_the_printed_link_signs_the_local_user_in(system: System, browser: Browser) -> None:
@@ -396,6 +218,43 @@ def test_the_page_says_when_the_api_is_unreachable_or_the_token_expired(
     assert "expired" in driver.find_element(By.ID, "notice").text
     driver.get(system.user_link)  # signed in again for what follows
     browser.wait(lambda d: d.find_element(By.ID, "app").is_displayed(), 30)
+
+
+def test_supabase_sign_in_with_a_password_or_a_magic_link(
+    system: System, browser: Browser, gotrue: FakeGoTrue
+) -> None:
+    driver = browser.driver
+    email = "ada@example.com"
+    driver.find_element(By.ID, "sign-out").click()
+    browser.wait(lambda d: d.find_element(By.ID, "email-form").is_displayed(), 30)
+
+    driver.find_element(By.ID, "email").send_keys(email)
+    driver.find_element(By.ID, "password").send_keys("wrong", Keys.ENTER)
+    said = browser.wait(lambda d: d.find_elements(By.CSS_SELECTOR, "#email-form .said"), 30)[0]
+    assert said.text == "Not signed in: Invalid login credentials"
+
+    driver.find_element(By.ID, "password").clear()
+    driver.find_element(By.ID, "password").send_keys("correct horse battery staple", Keys.ENTER)
+    browser.wait(lambda d: d.find_element(By.ID, "app").is_displayed(), 30)
+    assert driver.find_element(By.ID, "who").text == email
+    browser.wait(lambda d: d.find_element(By.ID, "jobs-empty").is_displayed(), 30)  # not theirs
+
+    driver.find_element(By.ID, "sign-out").click()
+    browser.wait(lambda d: d.find_element(By.ID, "email-form").is_displayed(), 30)
+    driver.find_element(By.ID, "email").send_keys(email)
+    driver.find_element(By.ID, "magic-link").click()
+    browser.wait(lambda d: "Check your email" in d.find_element(By.ID, "email-form").text, 30)
+    [link] = gotrue.magic_links
+    assert link.startswith(system.url + "/#access_token=")
+    driver.get(link)  # the link in the email
+    browser.wait(lambda d: d.find_element(By.ID, "who").text == email, 30)
+    assert driver.current_url == system.url + "/"
+    assert gotrue.invalid == []
+
+    driver.find_element(By.ID, "sign-out").click()
+    browser.wait(lambda d: d.find_element(By.ID, "email-form").is_displayed(), 30)
+    driver.get(system.user_link)  # the local user again, for what follows
+    browser.wait(lambda d: d.find_element(By.ID, "who").text == "local user", 30)
 
 
 def test_the_page_reads_well_at_a_phone_width(system: System, browser: Browser) -> None:

@@ -76,7 +76,8 @@ async function showApp(config) {
   $("signin").hidden = true;
   $("app").hidden = false;
   $("sign-out").hidden = false;
-  $("who").textContent = session()?.email || (config?.dev_auth ? "local user" : "signed in");
+  const signedIn = session();
+  $("who").textContent = signedIn?.email || (signedIn?.supabase_url ? "signed in" : "local user");
   const models = $("model");
   const list = config?.models || [];
   models.replaceChildren(...list.map((/** @type {string} */ m) =>

@@ -54,9 +54,20 @@ export function takeFromLink(config) {
       expires_at: Date.now() / 1000 + Number(fragment.get("expires_in") || 3600),
       supabase_url: config?.supabase_url || undefined,
       anon_key: config?.supabase_anon_key || undefined,
+      email: claims(access).email,
     });
   }
   return true;
+}
+
+/** A JWT's claims, unverified (for display only: the API verifies). @param {string} token */
+function claims(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    return JSON.parse(atob(part));
+  } catch {
+    return {};
+  }
 }
 
 /** @param {string} url @param {string} anonKey @param {string} path @param {any} body */
