@@ -78,7 +78,7 @@ export async function api(path, options = {}) {
 /**
  * Send a body with upload progress (fetch has none): multipart to the API, or a presigned PUT.
  * @param {string} method @param {string} url
- * @param {Blob | FormData} body @param {Record<string, string>} headers
+ * @param {Blob | FormData | string} body @param {Record<string, string>} headers
  * @param {(fraction: number) => void} progress
  * @returns {Promise<{status: number, data: any, headers: (name: string) => string | null}>}
  */

@@ -85,7 +85,7 @@ async function showApp(config) {
   const player = new StemPlayer($("player"));
   jobs = new JobList($("jobs"), $("jobs-empty"), (job) => player.open(job));
   setUpUploads($("upload-form"), config, (job, deduplicated) => {
-    const from = job.reused_from || job.reused_from_job_id || job.deduplicated_from;
+    const from = job.reused_from; // the job whose stems these are, where the API says so
     const note = deduplicated || from
       ? `The same audio with the same options was separated before${from ? ` (job ${from})` : ""}: its stems are reused.`
       : undefined;

@@ -46,12 +46,11 @@ export async function submitFile(file, options, progress) {
       json: { filename: file.name, size: file.size, content_type: type },
     });
     await send("PUT", ticket.upload_url, file, ticket.headers || {}, (f) => progress(f * 0.98));
-    const job = await api("/v1/jobs", {
-      method: "POST",
-      json: { input_key: ticket.input_key, ...options },
-    });
+    const body = JSON.stringify({ input_key: ticket.input_key, ...options });
+    const answer = await send("POST", "/v1/jobs", body,
+      { ...auth, "Content-Type": "application/json" }, () => {});
     progress(1);
-    return { job, deduplicated: Boolean(job.reused_from || job.deduplicated) };
+    return { job: answer.data, deduplicated: answer.headers("Stemfleet-Deduplicated") === "true" };
   }
   const form = new FormData();
   form.append("file", file, file.name);
