@@ -135,10 +135,10 @@ def create_app(
     app.state.metrics = metrics
     app.state.dispatcher = dispatcher
     app.state.dev_token = dev_token
+    mount_web(app)  # the pages, /docs, the stems archive
     install_error_handlers(app)
     for module in (routes_jobs, routes_uploads, routes_files, routes_admin, routes_health):
         app.include_router(module.router)
-    mount_web(app)  # the pages, /docs, the stems archive
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
