@@ -99,6 +99,14 @@ def _stems_state(browser: Browser) -> dict[str, dict[str, Any]]:
     )
 
 
+def _in_step(browser: Browser) -> bool:
+    """All stems playing, within 50 ms of each other (the player keeps them there: a busy
+    machine may let one lag a moment before it is put back)."""
+    state = _stems_state(browser)
+    times = [s["time"] for s in state.values()]
+    return not any(s["paused"] for s in state.values()) and max(times) - min(times) < 0.05
+
+
 def _stem_button(browser: Browser, stem: str, action: str) -> WebElement:
     return browser.driver.find_element(
         By.CSS_SELECTOR, f'#player li.stem[data-stem="{stem}"] [data-action="{action}"]'
@@ -122,10 +130,7 @@ def test_the_player_plays_mutes_solos_and_seeks_the_stems_in_step(browser: Brows
     assert focused.get_attribute("data-action") == "play-all"
     focused.send_keys(Keys.ENTER)
     browser.wait(lambda d: all(s["time"] > 0.5 for s in _stems_state(browser).values()), 30)
-    state = _stems_state(browser)
-    assert not any(s["paused"] for s in state.values()), state
-    times = [s["time"] for s in state.values()]
-    assert max(times) - min(times) < 0.2, state  # in step
+    browser.wait(lambda d: _in_step(browser), 10, "the stems do not play in step")
 
     _stem_button(browser, "vocals", "mute").click()
     state = _stems_state(browser)
@@ -148,8 +153,7 @@ def test_the_player_plays_mutes_solos_and_seeks_the_stems_in_step(browser: Brows
     state = _stems_state(browser)
     assert all(abs(s["time"] - 10) < 0.3 for s in state.values()), state
     browser.wait(lambda d: all(s["time"] > 10.3 for s in _stems_state(browser).values()), 30)
-    times = [s["time"] for s in _stems_state(browser).values()]
-    assert max(times) - min(times) < 0.2, times
+    browser.wait(lambda d: _in_step(browser), 10, "the stems do not play in step after a seek")
     browser.shot("web-user.png")
 
 

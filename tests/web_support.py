@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,7 +32,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import WebDriverWait
 
 from app.pgserver import free_port
-from tests.test_cli_embedded import _data_folder, _environment, _read_lines, _wait_for_line
+from tests.test_cli_embedded import _data_folder, _environment, _wait_for_line, start_up
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -72,17 +70,7 @@ def system(tmp_path_factory: pytest.TempPathFactory, gotrue: FakeGoTrue) -> Iter
         STEMFLEET_JWT_SECRET=JWT_SECRET,
     )
     port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "up", "--port", str(port), "--scaler-interval", "0.5"],
-        env=env,
-        cwd=tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    process, lines = start_up(env, tmp, "--port", str(port), "--scaler-interval", "0.5")
     try:
         banner = "".join(_wait_for_line(lines, "Press Ctrl-C", 120))
         user = re.search(r"open\s+(http://\S+/#token=\S+)", banner)
