@@ -100,11 +100,11 @@ def _stems_state(browser: Browser) -> dict[str, dict[str, Any]]:
 
 
 def _in_step(browser: Browser) -> bool:
-    """All stems playing, within 50 ms of each other (the player keeps them there: a busy
+    """All stems playing, within 100 ms of each other (the player keeps them there: a busy
     machine may let one lag a moment before it is put back)."""
     state = _stems_state(browser)
     times = [s["time"] for s in state.values()]
-    return not any(s["paused"] for s in state.values()) and max(times) - min(times) < 0.05
+    return not any(s["paused"] for s in state.values()) and max(times) - min(times) < 0.1
 
 
 def _stem_button(browser: Browser, stem: str, action: str) -> WebElement:
