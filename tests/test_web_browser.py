@@ -165,7 +165,7 @@ def test_download_all_stems_as_one_archive(browser: Browser) -> None:
         done = [p for p in browser.downloads.iterdir() if p.suffix == ".zip"]
         return done[0] if done else None
 
-    path: Path = browser.wait(archive, 60, "the archive did not download")
+    path: Path = browser.wait(archive, message="the archive did not download")
     assert path.name == "big_song-stems.zip"
     with zipfile.ZipFile(path) as zipped:
         assert {Path(n).stem for n in zipped.namelist()} == STEMS
