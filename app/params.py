@@ -18,6 +18,18 @@ OutputFormat = Literal["wav", "flac", "mp3", "opus"]
 SampleFormat = Literal["int16", "int24", "float32"]
 
 KNOWN_STEMS = ("drums", "bass", "other", "vocals", "guitar", "piano")
+# Demucs' pretrained models (a model folder in STEMFLEET_MODEL_REPO may add others)
+KNOWN_MODELS = (
+    "htdemucs",
+    "htdemucs_ft",
+    "htdemucs_6s",
+    "hdemucs_mmi",
+    "mdx",
+    "mdx_extra",
+    "mdx_q",
+    "mdx_extra_q",
+    "demucs_unittest",
+)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 # kbps ranges accepted by the encoders

@@ -157,6 +157,10 @@ class Settings(BaseSettings):
     max_json_depth: int = Field(32, ge=2, le=1000)  # nesting of arrays and objects in JSON input
     scaler_run_timeout: Duration = 120.0  # POST /v1/admin/scaler/run
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # or ["*"]
+    # the web page signs users in with Supabase Auth (email) when both are set
+    supabase_url: str | None = None  # https://<project>.supabase.co
+    supabase_anon_key: str | None = None  # the project's public anon key
+    web_presign_above_mb: float = Field(8.0, ge=0)  # the page PUTs bigger files to storage
 
     # --- CLI and embedded default -----------------------------------------------------------
     api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system

@@ -299,7 +299,9 @@ class Scaler:
             dry_run=dry_run,
         )
         done = sum(r.ok for r in results)
-        self.log.info(
+        # an idle run (nothing to do, nothing failed) logs at debug: the loop runs every few s
+        log = self.log.info if results or errors else self.log.debug
+        log(
             "scaler_run",
             run_id=run.id,
             actions=len(results),

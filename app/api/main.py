@@ -19,6 +19,7 @@ from app.api.context import ApiContext
 from app.api.errors import install_error_handlers
 from app.api.limits import BodyLimits
 from app.api.metrics import ApiMetrics, LatencyMiddleware
+from app.api.routes_web import mount_web
 from app.api.ssrf import CallbackPolicy, Resolver, system_resolver
 from app.api.webhooks import WebhookDispatcher, ensure_webhook_secret
 from app.clock import Clock, SystemClock
@@ -133,12 +134,15 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # mount_web serves /docs with assets from the package (offline)
+        redoc_url=None,
     )
     metrics = ApiMetrics(ctx)
     app.state.ctx = ctx
     app.state.metrics = metrics
     app.state.dispatcher = dispatcher
     app.state.dev_token = dev_token
+    mount_web(app)  # the pages, /docs, the stems archive
     install_error_handlers(app)
     for module in (routes_jobs, routes_uploads, routes_files, routes_admin, routes_health):
         app.include_router(module.router)

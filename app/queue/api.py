@@ -63,6 +63,18 @@ ADMIN_VIEWS = {
         " target, actions_count, errors_count, scaled_up, scaled_down, actions, errors"
         " from admin.scaler_runs limit 20"
     ),
+    # the runs that did or tried something (an idle loop runs every few seconds)
+    "scaler_decisions": (
+        "select id, started_at, provider, dry_run, queued, machines, target, scaled_up,"
+        " scaled_down, actions, errors, plan -> 'notes' as notes, plan -> 'budget_exhausted'"
+        " as budget_exhausted from admin.scaler_runs"
+        " where actions_count > 0 or errors_count > 0 limit 20"
+    ),
+    "spend_by_job": (
+        "select job_id, kind, status, audio_s, machine_id, provider, size, started_at,"
+        " finished_at, run_s, hourly_usd, cost_usd from admin.spend_by_job"
+        " order by started_at desc, job_id limit 50"
+    ),
 }
 
 
