@@ -19,20 +19,9 @@ from demucs.repo import ModelLoadingError
 from app.clock import Clock
 from app.errors import ConfigError, PermanentJobError
 from app.log import get_logger
-from app.params import model_folder_names
+from app.params import KNOWN_MODELS, model_folder_names
 
 MODEL_FAILURE_TTL = 300.0  # seconds a model that failed to load is not tried again
-KNOWN_MODELS = (
-    "htdemucs",
-    "htdemucs_ft",
-    "htdemucs_6s",
-    "hdemucs_mmi",
-    "mdx",
-    "mdx_extra",
-    "mdx_q",
-    "mdx_extra_q",
-    "demucs_unittest",
-)
 
 
 class ModelUnavailable(PermanentJobError):

@@ -43,7 +43,7 @@ from demucs.htdemucs import HTDemucs
 from app.clock import Clock, SystemClock
 from app.errors import ConfigError, PermanentJobError, StemfleetError
 from app.log import get_logger
-from app.params import KNOWN_MODELS, JobParams
+from app.params import JobParams
 from app.settings import Settings
 from worker.models import ModelFailures, load_model
 
