@@ -167,11 +167,13 @@ class Batch:
             self._show(item, job)
         if job["status"] != "succeeded":
             return ItemResult(item, False, self._fatal or reason_of(job), job_id)
-        self.board.update(item.name, "downloading", 0.0)
+        self.board.update(item.name, "downloading", 1.0)
         stems = self.client.download_stems(
             job,
             item.dest,
-            progress=lambda done: self.board.update(item.name, "downloading", done),
+            progress=lambda done: self.board.update(
+                item.name, "downloading", 1.0, note=f"stems {done:.0%}"
+            ),
         )
         if self.on_success is not None:
             self.on_success(item, job, stems)
