@@ -10,6 +10,7 @@ from typing import TextIO
 from app.settings import Settings, parse_duration
 from scaler.policy import fmt_duration, hourly_price
 from scaler.simulate.engine import SimModel, SimResult
+from scaler.simulate.prices import RUNPOD_OFFERS, with_offer
 from scaler.simulate.strategies import compare
 from scaler.simulate.traces import builtin_day, load_trace
 
@@ -67,7 +68,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--serverless-usd-per-hour",
         type=float,
         default=None,
-        help="serverless price per busy hour (default: 2x the machine price)",
+        help="serverless price per busy hour (default: 2x the machine price, or the offer's)",
+    )
+    parser.add_argument(
+        "--runpod",
+        choices=sorted(RUNPOD_OFFERS),
+        help="price the machines as this RunPod pod and the serverless row at RunPod "
+        "Serverless' per-second price for its class",
+    )
+    parser.add_argument(
+        "--pod-usd-per-hour", type=float, default=None, help="with --runpod: the pod's $/h"
+    )
+    parser.add_argument(
+        "--serverless-usd-per-second",
+        type=float,
+        default=None,
+        help="with --runpod: the serverless worker's $/s",
     )
 
 
@@ -79,13 +95,19 @@ def run_cli(
         if trace
         else builtin_day(args.seed, jobs=args.jobs, bursts=args.bursts, burst_jobs=args.burst_jobs)
     )
+    serverless_hourly = args.serverless_usd_per_hour
+    if args.runpod:
+        offer = RUNPOD_OFFERS[args.runpod]
+        settings = with_offer(settings, offer, args.pod_usd_per_hour)
+        per_s = args.serverless_usd_per_second or offer.serverless_usd_per_s
+        serverless_hourly = serverless_hourly or per_s * 3600
     model = SimModel(
         boot_s=args.boot,
         create_boot_s=args.create_boot,
         rtf=args.rtf,
         job_overhead_s=args.job_overhead,
         cold_start_s=args.cold_start,
-        serverless_hourly_usd=args.serverless_usd_per_hour,
+        serverless_hourly_usd=serverless_hourly,
     )
     always_on = args.always_on if args.always_on is not None else max(1, settings.max_machines)
     results = compare(arrivals, settings, model, always_on=always_on, seed=args.seed)
@@ -95,7 +117,12 @@ def run_cli(
         f"{len(arrivals)} jobs from {source}; machine {settings.machine_size} ${price:.4f}/h, "
         f"max {settings.max_machines} machines, ${settings.max_hourly_usd:.2f}/h cap, "
         f"${settings.daily_budget_usd:.2f}/day budget; boot {fmt_duration(model.boot_s)}, "
-        f"rtf {model.rtf:g}",
+        f"rtf {model.rtf:g}"
+        + (
+            f"; serverless ${model.serverless_hourly_usd / 3600:.5f}/s"
+            if model.serverless_hourly_usd
+            else ""
+        ),
         file=out,
     )
     print(format_results(results), file=out)
