@@ -92,12 +92,14 @@ class Settings(BaseSettings):
     preview_seconds: Duration = 30.0
     backoff_base: Duration = 10.0
     max_attempts: int = Field(3, ge=1, le=100)
-    machine_id: str | None = None  # default: FLY_MACHINE_ID, else the host name
+    machine_id: str | None = None  # default: FLY_MACHINE_ID, RUNPOD_POD_ID, else the host name
     worker_provider: str = "local"
     region: str | None = None
 
     # --- scaler ---------------------------------------------------------------------------
-    provider: Literal["local", "fly"] = "local"
+    # a registered provider's name (scaler.providers: local, fly, runpod, ...), checked when the
+    # scaler makes it; lower-case letters, digits and _
+    provider: str = Field("local", pattern=r"^[a-z][a-z0-9_]*$")
     min_machines: int = Field(0, ge=0)
     max_machines: int = Field(4, ge=0)
     max_hourly_usd: float = Field(10.0, ge=0)

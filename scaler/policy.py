@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from app.queue import Worker
 from app.settings import Settings
 from scaler.model import Action, Backlog, Fleet, FleetMachine, Machine, Plan, Spend
 
@@ -53,6 +54,20 @@ def fmt_duration(seconds: float) -> str:
 
 def _age(since: datetime | None, now: datetime) -> float:
     return (now - since).total_seconds() if since is not None else 0.0
+
+
+def _shown(machine: Machine) -> str:
+    """The machine's state for people: the provider's own name when it differs."""
+    own = machine.provider_state
+    return machine.state if not own or own == machine.state else f"{machine.state} ({own})"
+
+
+def _before_boot(worker: Worker, machine: Machine) -> bool:
+    """A worker row from before the machine's current boot (registered and last heard from
+    before it) belongs to no worker of this boot, whatever its state. Both times must be
+    before the boot, so a live worker of this boot survives clock skew (its heartbeats move on)."""
+    boot = machine.boot
+    return boot is not None and worker.started_at < boot and worker.last_heartbeat_at < boot
 
 
 @dataclass
@@ -90,43 +105,46 @@ class _Planner:
     startable: list[Machine] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     stopping: set[str] = field(default_factory=set)
+    failed: list[Machine] = field(default_factory=list)
+    parked_usd: float = 0.0  # stopped and failed machines' rate (e.g. their disks)
+    added_usd: float = 0.0  # what the plan's starts and creates add to the rate
 
     # --- seeing ---------------------------------------------------------------------------
     def classify(self) -> None:
         timeout = self.settings.transient_timeout
         for fm in self.fleet.sorted():
             machine, worker = fm.machine, fm.worker
-            if machine.phase == "gone":
+            if machine.state == "gone":
                 continue
-            if machine.phase == "down":
+            self.parked_usd += 0.0 if machine.billed else machine.stopped_hourly_usd
+            if machine.state == "failed":
+                self.failed.append(machine)
+                continue
+            if machine.state == "stopped":
                 self.startable.append(machine)
                 continue
             age = _age(machine.state_since, self.now)
-            if machine.phase == "going_down":
+            if machine.state == "stopping":
                 if age > timeout:
                     self.stuck.append(machine.id)
                     self.notes.append(
-                        f"machine {machine.id} stuck in {machine.state} for {fmt_duration(age)}"
+                        f"machine {machine.id} stuck in {_shown(machine)} for {fmt_duration(age)}"
                     )
                 self.slots.append(_Slot(fm, "going_down"))
                 continue
+            if worker is not None and _before_boot(worker, machine):
+                worker = None  # a row of an earlier boot: no worker of this boot registered yet
+                fm = FleetMachine(machine)
             if worker is not None and worker.state == "stopped":
-                exited_before_boot = (
-                    worker.stopped_at is not None
-                    and machine.state_since is not None
-                    and worker.stopped_at < machine.state_since
-                )
-                if not exited_before_boot:
-                    self.slots.append(_Slot(fm, "exited", "its worker exited"))
-                    continue
-                worker = None
+                self.slots.append(_Slot(fm, "exited", "its worker exited"))
+                continue
             if worker is None or (
-                machine.phase == "booting" and worker.state not in ("idle", "busy")
+                machine.state == "starting" and worker.state not in ("idle", "busy")
             ):
                 if age > timeout:
                     what = (
-                        f"stuck in {machine.state}"
-                        if machine.phase == "booting"
+                        f"stuck in {_shown(machine)}"
+                        if machine.state == "starting"
                         else "no worker registered"
                     )
                     self.stuck.append(machine.id)
@@ -156,7 +174,9 @@ class _Planner:
         return [s for s in self.slots if s.capacity]
 
     def hourly(self) -> float:
-        return sum(s.machine.hourly_usd for s in self.slots)
+        """The fleet's rate now: billed machines at their running price, stopped and failed ones
+        at their stopped price."""
+        return sum(s.machine.hourly_usd for s in self.slots) + self.parked_usd
 
     # --- acting ---------------------------------------------------------------------------
     def add(self, action: Action) -> None:
@@ -197,6 +217,17 @@ class _Planner:
         slot.role = "draining_busy" if slot.role == "busy" else "draining_idle"
 
     def repairs(self) -> None:
+        for machine in self.failed:
+            self.add(
+                Action(
+                    "destroy",
+                    f"machine {machine.id} is {_shown(machine)}: it cannot come back",
+                    "repair",
+                    machine_id=machine.id,
+                    size=machine.size,
+                    hourly_usd=machine.stopped_hourly_usd,
+                )
+            )
         for slot in self.slots:
             if slot.role in ("stuck", "lost", "exited"):
                 if (
@@ -230,21 +261,34 @@ class _Planner:
                 self.stop(slot, f"{why}: stopping a machine that holds no job", "down")
 
     def shed_excess(self) -> bool:
-        """Bring a fleet that is over max_machines or max_hourly_usd back under them."""
+        """Bring a fleet that is over max_machines or max_hourly_usd back under them. Draining
+        workers are billed until their machines stop: they count, and are shed first (nothing
+        more to do for them). Returns whether the fleet was over a ceiling."""
         s = self.settings
-        staying = [s_ for s_ in self.slots if s_.role in ("booting", "idle", "busy")]
+        shedding = ("draining_idle", "draining_busy")
+        staying = [x for x in self.slots if x.role in ("booting", "idle", "busy", *shedding)]
         staying += [
-            s_
-            for s_ in self.slots
-            if s_.role in ("stuck", "lost", "exited") and s_.machine.id not in self.stopping
+            x
+            for x in self.slots
+            if x.role in ("stuck", "lost", "exited") and x.machine.id not in self.stopping
         ]
-        shed = False
-        order = {"booting": 0, "stuck": 0, "exited": 0, "lost": 1, "idle": 2, "busy": 3}
+        over = False
+        order = {
+            "draining_idle": 0,
+            "draining_busy": 0,
+            "booting": 1,
+            "stuck": 1,
+            "exited": 1,
+            "lost": 2,
+            "idle": 3,
+            "busy": 4,
+        }
         for slot in sorted(staying, key=lambda x: (order[x.role], x.machine.id)):
             count = len(staying)
-            rate = sum(x.machine.hourly_usd for x in staying)
+            rate = sum(x.machine.hourly_usd for x in staying) + self.parked_usd
             if count <= s.max_machines and rate <= s.max_hourly_usd + _EPS:
                 break
+            over = True
             why = (
                 f"over max_machines ({count} > {s.max_machines})"
                 if count > s.max_machines
@@ -252,11 +296,19 @@ class _Planner:
             )
             if slot.role in ("idle", "busy"):
                 self.drain(slot, f"{why}: draining")
-            elif not slot.holds_job:
+            elif slot.role not in shedding and not slot.holds_job:
                 self.stop(slot, f"{why}: stopping a machine that holds no job", "down")
             staying.remove(slot)
-            shed = True
-        return shed
+        return over
+
+    def over_ceiling(self) -> str | None:
+        """Why the billed fleet is over a ceiling now, or None: then no worker is taken back."""
+        s, billed, rate = self.settings, len(self.slots), self.hourly()
+        if billed > s.max_machines:
+            return f"max_machines {s.max_machines}: {billed} billed"
+        if rate > s.max_hourly_usd + _EPS:
+            return f"max_hourly_usd ${s.max_hourly_usd:.4f}/h: ${rate:.4f}/h billed"
+        return None
 
     def scale_up(self) -> int:
         """Returns how many machines were added (undrained, started or created)."""
@@ -289,9 +341,16 @@ class _Planner:
             return 0
         reason = "; ".join(reasons)
         added = 0
-        for slot in sorted(
-            (x for x in self.slots if x.role in ("draining_idle", "draining_busy")),
-            key=lambda x: (x.role != "draining_idle", x.machine.id),
+        over = self.over_ceiling()
+        if over:
+            self.notes.append(f"not taking draining workers back ({reason}): {over}")
+        for slot in (
+            []
+            if over
+            else sorted(
+                (x for x in self.slots if x.role in ("draining_idle", "draining_busy")),
+                key=lambda x: (x.role != "draining_idle", x.machine.id),
+            )
         ):
             if added == want:
                 break
@@ -313,11 +372,14 @@ class _Planner:
         billed = len(self.slots)
         rate = self.hourly()
         candidates = iter(self.startable)
-        create_price = hourly_price(s, self.fleet.create_size)
+        create_price = self.fleet.create_hourly_usd
+        if create_price is None:
+            create_price = hourly_price(s, self.fleet.create_size)
         while added < want:
             machine = next(candidates, None)
             price = machine.hourly_usd if machine else create_price
-            blocked = self.ceiling(billed, rate, price)
+            adds = price - machine.stopped_hourly_usd if machine else price
+            blocked = self.ceiling(billed, rate, adds)
             if blocked:
                 self.notes.append(f"not starting more ({reason}): {blocked}")
                 break
@@ -343,7 +405,8 @@ class _Planner:
                     )
                 )
             billed += 1
-            rate += price
+            rate += adds
+            self.added_usd += adds
             added += 1
         return added
 
@@ -422,7 +485,7 @@ class _Planner:
         elif not self.shed_excess() and self.scale_up() == 0:
             self.scale_down()
         self.stop_drained(f"{exhausted}: drained and idle" if exhausted else "drained and idle")
-        order = {"stop": 0, "drain": 1, "undrain": 2, "start": 3, "create": 4}
+        order = {"destroy": 0, "stop": 0, "drain": 1, "undrain": 2, "start": 3, "create": 4}
         actions = sorted(self.actions, key=lambda a: (order[a.kind], a.machine_id or ""))
         target = len(self.capacity) + len([a for a in actions if a.kind in ("start", "create")])
         return Plan(
@@ -433,8 +496,7 @@ class _Planner:
             capacity=capacity_before,
             target=target,
             hourly_usd=hourly_before,
-            hourly_usd_after=hourly_before
-            + sum(a.hourly_usd for a in actions if a.kind in ("start", "create")),
+            hourly_usd_after=hourly_before + self.added_usd,
             budget_exhausted=exhausted is not None,
             stuck=tuple(self.stuck),
         )

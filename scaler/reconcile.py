@@ -7,6 +7,7 @@ same inputs and plans without acting or writing anything (`scaler plan`).
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,16 @@ from app.log import get_logger
 from app.queue import Queue
 from app.queue.fleet import MachineReport
 from app.settings import Settings
-from scaler.model import Action, Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.model import (
+    Action,
+    Backlog,
+    Fleet,
+    FleetMachine,
+    Machine,
+    MachineState,
+    Plan,
+    Spend,
+)
 from scaler.policy import plan as make_plan
 from scaler.providers.base import Provider, ProviderError
 
@@ -150,6 +160,7 @@ class Scaler:
         self.clock = clock or SystemClock()
         self.queue = Queue(self.clock)
         self.log = get_logger(provider=provider.name)
+        self._committed = 0.0  # the fleet's $/h while acting on a plan
 
     # --- inputs ---------------------------------------------------------------------------
     def gather(self, conn: Connection, machines: list[Machine], *, record: bool) -> Inputs:
@@ -168,6 +179,7 @@ class Scaler:
         fleet = Fleet(
             machines=tuple(FleetMachine(m, workers.get(m.id)) for m in machines),
             create_size=self.provider.create_size,
+            create_hourly_usd=self.provider.create_price().running,
             last_scale_up_at=history.last_scale_up_at,
             last_scale_down_at=history.last_scale_down_at,
         )
@@ -280,6 +292,9 @@ class Scaler:
     def act(self, conn: Connection, plan: Plan) -> list[ActionResult]:
         results: list[ActionResult] = []
         no_capacity: str | None = None
+        # The fleet's rate as the plan left it, corrected by what creates really cost: a create
+        # may cost at most what is left under max_hourly_usd.
+        self._committed = plan.hourly_usd_after
         for action in plan.actions:
             if action.kind == "create" and no_capacity:
                 results.append(
@@ -301,8 +316,61 @@ class Scaler:
                 results.append(ActionResult(action, False, str(exc), error_kind=exc.kind))
                 if action.kind == "create" and exc.kind == "capacity":
                     no_capacity = str(exc)
+                if action.kind == "start" and exc.kind == "capacity":
+                    results.extend(self._replace(conn, action))
             except QueueError as exc:
                 results.append(ActionResult(action, False, str(exc), error_kind="queue"))
+        return results
+
+    def _create(self, conn: Connection, action: Action, room_usd: float) -> ActionResult:
+        """One planned create, under a name of its own: never sent twice (see base.Provider)."""
+        name = f"stemfleet-worker-{uuid.uuid4().hex[:12]}"
+        machine = self.provider.create(name, room_usd)
+        self._committed += machine.hourly_usd - action.hourly_usd
+        self.queue.machine_started(
+            conn,
+            provider=self.provider.name,
+            machine_id=machine.id,
+            size=machine.size,
+            hourly_usd=machine.hourly_usd,
+        )
+        return ActionResult(action, True, f"created {machine.id} ({name})", machine_id=machine.id)
+
+    def _room(self, expected_usd: float) -> float:
+        """The most a create planned at `expected_usd` may cost under max_hourly_usd."""
+        return self.settings.max_hourly_usd - (self._committed - expected_usd)
+
+    def _replace(self, conn: Connection, start: Action) -> list[ActionResult]:
+        """A stopped machine that cannot start for lack of capacity: destroy it and create a
+        new one in its place (within the same ceilings), instead of retrying it every run."""
+        assert start.machine_id is not None
+        destroy = Action(
+            "destroy",
+            f"machine {start.machine_id} cannot start for lack of capacity: replacing it",
+            "repair",
+            machine_id=start.machine_id,
+            size=start.size,
+        )
+        create = Action(
+            "create",
+            f"replacing machine {start.machine_id} (no capacity to start it)",
+            "up",
+            size=self.provider.create_size,
+            hourly_usd=self.provider.create_price().running,
+        )
+        results = []
+        for action in (destroy, create):
+            try:
+                if action.kind == "destroy":
+                    self.provider.destroy(start.machine_id)
+                    results.append(ActionResult(action, True, "destroyed"))
+                else:
+                    room = self._room(start.hourly_usd)
+                    results.append(self._create(conn, action, room))
+            except ProviderError as exc:
+                self.log.warning("scaler_replace_failed", action=action.kind, error=str(exc))
+                results.append(ActionResult(action, False, str(exc), error_kind=exc.kind))
+                break
         return results
 
     def _do(self, conn: Connection, action: Action) -> ActionResult:
@@ -324,6 +392,10 @@ class Scaler:
                 conn, provider=name, machine_id=action.machine_id, reason=action.reason
             )
             return ActionResult(action, True, "stop requested")
+        if action.kind == "destroy":
+            assert action.machine_id is not None
+            self.provider.destroy(action.machine_id)
+            return ActionResult(action, True, "destroyed")
         if action.kind == "start":
             assert action.machine_id is not None
             self.provider.start(action.machine_id)
@@ -335,15 +407,7 @@ class Scaler:
                 hourly_usd=action.hourly_usd,
             )
             return ActionResult(action, True, "start requested")
-        machine = self.provider.create()
-        self.queue.machine_started(
-            conn,
-            provider=name,
-            machine_id=machine.id,
-            size=machine.size,
-            hourly_usd=machine.hourly_usd,
-        )
-        return ActionResult(action, True, f"created {machine.id}", machine_id=machine.id)
+        return self._create(conn, action, self._room(action.hourly_usd))
 
     def wait_for(self, results: list[ActionResult], timeout: float) -> None:
         """After acting, wait (bounded) for started / stopped machines to get there; the outcome
@@ -353,7 +417,7 @@ class Scaler:
                 continue
             machine_id = result.machine_id or result.action.machine_id
             assert machine_id is not None
-            state = "stopped" if result.action.kind == "stop" else "started"
+            state: MachineState = "stopped" if result.action.kind == "stop" else "started"
             try:
                 reached = self.provider.wait(machine_id, state, timeout)
             except ProviderError as exc:

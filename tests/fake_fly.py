@@ -111,6 +111,9 @@ class FakeFly:
         self.violations: list[str] = []
         self.faults: deque[Fault] = deque()
         self.capacity_refusals = 0
+        self.start_refusals = 0
+        self.lost_create_answers: deque[int | None] = deque()
+        self.lost_answers = 0
         self.next_boot_ticks: deque[int] = deque()
         self.next_stuck = 0
         self.list_gate: threading.Event | None = None
@@ -179,6 +182,22 @@ class FakeFly:
         with self._lock:
             self.capacity_refusals += times
 
+    def refuse_starts(self, times: int = 1) -> None:
+        """The next starts fail: no capacity on the machine's host (412)."""
+        with self._lock:
+            self.start_refusals += times
+
+    def lose_create_answers(self, times: int = 1, *, status: int | None = 500) -> None:
+        """The next creates make their machine but the answer is lost: a `status` (5xx) answer,
+        or (status None) the connection is closed without one, as after a timeout."""
+        with self._lock:
+            self.lost_create_answers.extend([status] * times)
+
+    def fail_machine(self, machine_id: str) -> None:
+        """The machine fails (Fly state `failed`), e.g. its host died."""
+        with self._lock:
+            self._set_state(self.machines[machine_id], "failed")
+
     def slow_start(self, ticks: int) -> None:
         """The next machine to start (or be created) takes `ticks` ticks in `starting`."""
         with self._lock:
@@ -223,11 +242,13 @@ class FakeFly:
         self._counter += 1
         return f"e2865{self._counter:09x}"
 
-    def _machine_json(self, machine_id: str, state: str, config: dict[str, Any]) -> dict[str, Any]:
+    def _machine_json(
+        self, machine_id: str, state: str, config: dict[str, Any], name: str | None = None
+    ) -> dict[str, Any]:
         now = self.clock.now().isoformat().replace("+00:00", "Z")
         return {
             "id": machine_id,
-            "name": f"worker-{machine_id[-4:]}",
+            "name": name or f"worker-{machine_id[-4:]}",
             "state": state,
             "region": "ord",
             "instance_id": f"01J{machine_id.upper()}",
@@ -242,13 +263,24 @@ class FakeFly:
             },
             "created_at": now,
             "updated_at": now,
+            "events": [],
         }
 
     def _set_state(self, machine: _Machine, state: str) -> None:
         machine.data["state"] = state
         machine.data["updated_at"] = self.clock.now().isoformat().replace("+00:00", "Z")
 
-    def _launch(self, machine: _Machine) -> None:
+    def _launch(self, machine: _Machine, event: str = "start") -> None:
+        machine.data["events"].insert(
+            0,
+            {
+                "id": f"01EV{len(machine.data['events']):06d}",
+                "type": event,
+                "status": "started" if event == "start" else "created",
+                "source": "user",
+                "timestamp": int(self.clock.now().timestamp() * 1000),
+            },
+        )
         machine.boot_left = (
             self.next_boot_ticks.popleft() if self.next_boot_ticks else (self.boot_ticks)
         )
@@ -297,6 +329,18 @@ class FakeFly:
         status, payload, headers, operation = self._respond(
             handler, method, url.path, query, body, problems
         )
+        if operation == "Machines_create" and status == 200:
+            with self._lock:
+                lost = self.lost_create_answers.popleft() if self.lost_create_answers else 0
+            if lost != 0:  # made, but the answer never reaches the client
+                self.lost_answers += 1
+                with self._lock:
+                    self.calls.append(Call("POST", url.path, operation, query, body, 200))
+                if lost is None:
+                    handler.close_connection = True
+                    handler.connection.shutdown(2)
+                    return
+                status, payload, headers = lost, {"error": "upstream timeout"}, {}
         data = b"" if payload is None else json.dumps(payload).encode()
         # recorded before the answer goes out: a client that got its answer sees its call
         with self._lock:
@@ -399,11 +443,14 @@ class FakeFly:
                     "error": "insufficient resources to create new machine",
                     "status": "insufficient_capacity",
                 }
+            name = body.get("name")
+            if name and any(m.data["name"] == name for m in self.machines.values()):
+                return 409, {"error": f"a machine named {name} already exists"}
             machine_id = self._new_id()
-            machine = _Machine(self._machine_json(machine_id, "created", body["config"]))
+            machine = _Machine(self._machine_json(machine_id, "created", body["config"], name))
             if body.get("region"):
                 machine.data["region"] = body["region"]
-            self._launch(machine)
+            self._launch(machine, "launch")
             self.machines[machine_id] = machine
             return 200, copy.deepcopy(machine.data)
         machine = self.machines.get(params.get("machine_id", ""))
@@ -417,8 +464,19 @@ class FakeFly:
                 return 200, None
             if state != "stopped":
                 return 412, {"error": f"failed_precondition: machine is {state}"}
+            if self.start_refusals > 0:
+                self.start_refusals -= 1
+                return 412, {
+                    "error": "insufficient resources to start the machine on its host",
+                    "status": "insufficient_capacity",
+                }
             self._set_state(machine, "starting")
             self._launch(machine)
+            return 200, None
+        if name == "Machines_delete":
+            if state not in ("stopped", "failed", "created", "suspended"):
+                return 412, {"error": f"failed_precondition: machine is {state}, stop it first"}
+            del self.machines[params["machine_id"]]
             return 200, None
         if name == "Machines_stop":
             if state in ("stopped", "stopping"):

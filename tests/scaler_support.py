@@ -61,8 +61,20 @@ def machine(
     since: float = 3600.0,
     size: str = "performance-8x",
     price: float = PRICE,
+    stopped_price: float = 0.0,
+    booted: float | None = None,
 ) -> Machine:
-    return Machine(machine_id, state, size, price, state_since=ago(since))
+    """A machine in `state` (an interface state) for `since` seconds, its current boot begun
+    `booted` seconds ago (None: when it entered a starting/started state)."""
+    return Machine(
+        machine_id,
+        state,
+        size,
+        price,
+        state_since=ago(since),
+        stopped_hourly_usd=stopped_price,
+        booted_at=ago(booted) if booted is not None else None,
+    )
 
 
 def worker(
@@ -86,7 +98,7 @@ def worker(
         draining=draining,
         current_job_id=uuid.uuid5(uuid.NAMESPACE_URL, machine_id) if holds else None,
         started_at=ago(started),
-        last_heartbeat_at=ago(heartbeat),
+        last_heartbeat_at=ago(min(heartbeat, started)),
         idle_since=None if holds else ago(idle),
         stopped_at=ago(1.0) if state == "stopped" else None,
     )
@@ -120,15 +132,34 @@ def backlog(separate: int = 0, preview: int = 0, running: int = 0) -> Backlog:
     return Backlog.of(separate=separate, preview=preview, running=running, oldest=ago(120))
 
 
+def of_this_boot(fm: FleetMachine) -> Worker | None:
+    """The machine's worker row if it belongs to the machine's current boot (registered or heard
+    from since the boot began)."""
+    w, boot = fm.worker, fm.machine.boot
+    if w is None or boot is None:
+        return w
+    return w if w.started_at >= boot or w.last_heartbeat_at >= boot else None
+
+
+def rate_of(the_fleet: Fleet) -> float:
+    """The fleet's $/h: billed machines at their running price, the others at their stopped one."""
+    return sum(fm.machine.rate_usd for fm in the_fleet.machines)
+
+
 def check_plan(result: Plan, the_fleet: Fleet, the_settings: Settings, the_spend: Spend) -> None:
     """Invariants every plan keeps, whatever its inputs."""
     by_id = {fm.machine.id: fm for fm in the_fleet.machines}
+    billed = sum(fm.machine.billed for fm in the_fleet.machines)
     for action in result.actions:
         assert action.reason.strip(), action
+        if action.kind == "destroy":  # only what cannot come back
+            assert by_id[action.machine_id or ""].machine.state == "failed", action
         if action.kind == "stop":
-            fm = by_id[action.machine_id or ""]
-            w = fm.worker
+            w = of_this_boot(by_id[action.machine_id or ""])
             assert w is None or (w.current_job_id is None and w.state != "busy"), action
+        if action.kind == "undrain":  # taking a worker back must fit both ceilings
+            assert billed <= the_settings.max_machines, action
+            assert rate_of(the_fleet) <= the_settings.max_hourly_usd + 1e-9, action
     starts = result.starts
     if starts:
         billed_after = result.billed + len(starts)

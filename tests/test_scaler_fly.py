@@ -20,13 +20,8 @@ from app.errors import ConfigError
 from app.queue import Queue
 from app.settings import Settings
 from scaler.providers.base import ProviderError
-from scaler.providers.fly import (
-    FlyProvider,
-    TokenBucket,
-    backoff_delay,
-    load_template,
-    retry_after_seconds,
-)
+from scaler.providers.fly import FlyProvider, load_template
+from scaler.providers.http import TokenBucket, backoff_delay, retry_after_seconds
 from scaler.reconcile import Scaler
 from tests.fake_fly import SHARED_SPEC_PATH, SPEC_PATH, FakeFly
 from tests.scaler_support import TEMPLATE, settings
@@ -112,8 +107,9 @@ def test_list_create_start_stop_wait_follow_the_spec(fake: FakeFly, clock: FakeC
     fake.add_machine("started", worker=False)  # not a stemfleet worker: never listed
     assert [(m.id, m.state) for m in fly.list()] == [(stopped, "stopped")]
 
-    created = fly.create()
-    assert created.state == "created" and created.size == "performance-8x"
+    created = fly.create("stemfleet-worker-a", 1.0)
+    assert (created.state, created.provider_state) == ("starting", "created")
+    assert created.size == "performance-8x" and created.name == "stemfleet-worker-a"
     body = fake.calls[-1].body
     assert body["region"] == "ord"  # the template's region wins over STEMFLEET_FLY_REGION
     assert body["config"]["metadata"] == {
@@ -164,10 +160,10 @@ def test_a_create_refused_for_capacity_is_a_capacity_error(fake: FakeFly, clock:
     fly = provider(fake, clock, Sleeps(clock))
     fake.refuse_creates()
     with pytest.raises(ProviderError) as error:
-        fly.create()
+        fly.create("stemfleet-worker-a", 1.0)
     assert error.value.kind == "capacity"
     assert "insufficient resources" in str(error.value)
-    assert fly.create().state == "created"
+    assert fly.create("stemfleet-worker-b", 1.0).state == "starting"
 
 
 def test_calls_are_throttled_per_action_and_machine(fake: FakeFly, clock: FakeClock) -> None:
@@ -402,6 +398,6 @@ def test_the_repo_machine_template_creates_a_worker(fake: FakeFly, clock: FakeCl
     fly = FlyProvider(
         fly_settings(fake, machine_template=repo_template), clock=clock, sleep=Sleeps(clock)
     )
-    machine = fly.create()
+    machine = fly.create("stemfleet-worker-a", 1.0)
     assert [m.id for m in fly.list()] == [machine.id]
     assert fake.violations == []

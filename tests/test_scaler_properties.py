@@ -17,19 +17,8 @@ from scaler.simulate import SimModel, builtin_day, simulate_policy
 from tests.scaler_support import NOW, backlog, check_plan, fleet, machine, settings, spend, worker
 
 SIZES = ["shared-cpu-1x", "performance-2x", "performance-8x", "performance-16x"]
-STATES = [
-    "created",
-    "starting",
-    "started",
-    "started",
-    "started",
-    "stopping",
-    "stopped",
-    "suspended",
-    "destroyed",
-    "replacing",
-    "weird-new-state",
-]
+STATES = ["starting", "starting", "started", "started", "started", "stopping", "stopped", "failed"]
+STATES += ["gone"]
 WORKER_STATES = [None, "idle", "idle", "busy", "busy", "lost", "stopped"]
 
 
@@ -59,12 +48,16 @@ def fleets(draw: Any, the_settings: Settings) -> Any:
     for n in range(draw(st.integers(0, 14))):
         machine_id = f"m{n:02d}"
         size = draw(st.sampled_from(SIZES))
+        since = draw(st.floats(0, 3000))
         m = machine(
             machine_id,
             draw(st.sampled_from(STATES)),
-            since=draw(st.floats(0, 3000)),
+            since=since,
             size=size,
             price=prices[size],
+            stopped_price=draw(st.sampled_from([0.0, 0.0, 0.01, 0.2])),
+            # restarted machines: a boot after the state change, before it, or unknown
+            booted=draw(st.none() | st.floats(0, since)),
         )
         state = draw(st.sampled_from(WORKER_STATES))
         w = None
@@ -76,6 +69,8 @@ def fleets(draw: Any, the_settings: Settings) -> Any:
                 draining=draw(st.booleans()),
                 job=state in ("busy", "lost") and draw(st.booleans()),
                 heartbeat=draw(st.floats(0, 900)),
+                # rows of an earlier boot (registered and last heard from before it) included
+                started=draw(st.sampled_from([3000.0, 3000.0, 200.0, 30.0])),
             )
         items.append(FleetMachine(m, w))
     last_up = draw(st.none() | st.floats(0, 900))
