@@ -103,7 +103,7 @@ class RunPodProvider:
             burst=burst,
             error_text=detail_of,
         )
-        self.prices = PriceList(self.rp)
+        self.prices = PriceList(self.rp, self._template)
         self.create_size = self.prices.candidates()[0].size
         self.log = get_logger(provider="runpod")
 

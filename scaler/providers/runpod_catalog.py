@@ -48,8 +48,13 @@ def detail_of(response: httpx.Response) -> str:
 
 
 class PriceList:
-    def __init__(self, rp: RunPodSettings) -> None:
+    """GPU list prices per (GPU type, cloud), and the disk the pod body asks for: a pod costs
+    its GPU plus its container disk and volume while it runs, its volume while stopped."""
+
+    def __init__(self, rp: RunPodSettings, body: dict[str, Any]) -> None:
         self.rp = rp
+        disk = float(body.get("disk") or 0) + _volume_gb(body)
+        self.disk_usd = disk * rp.disk_usd_per_gb_month / HOURS_PER_MONTH
         self.prices = {(g, c): p for g, by in rp.prices.items() for c, p in by.items()}
         self.log = get_logger(provider="runpod")
 
@@ -68,7 +73,7 @@ class PriceList:
                 for dc in places:
                     if stocked is not None and dc is not None and dc not in stocked:
                         continue
-                    found.append(Candidate(gpu, cloud, dc, price))
+                    found.append(Candidate(gpu, cloud, dc, price + self.disk_usd))
         return found
 
     def read(self, api: ApiClient) -> Stock | None:
@@ -108,10 +113,13 @@ class PriceList:
     def price(self, size: str) -> float:
         """The list $/h of a new pod of `size` ("CLOUD/GPU type")."""
         cloud, _, gpu = size.partition("/")
-        return self.prices.get((gpu, cloud), max(self.prices.values()))
+        return self.prices.get((gpu, cloud), max(self.prices.values())) + self.disk_usd
 
     def volume_usd(self, pod: dict[str, Any]) -> float:
         """A stopped pod bills its persistent volume; its container disk is released."""
-        persistent = (pod.get("mounts") or {}).get("persistent") or {}
-        size_gb = float(persistent.get("size") or 0)
-        return size_gb * self.rp.volume_usd_per_gb_month / HOURS_PER_MONTH
+        return _volume_gb(pod) * self.rp.volume_usd_per_gb_month / HOURS_PER_MONTH
+
+
+def _volume_gb(pod: dict[str, Any]) -> float:
+    persistent = (pod.get("mounts") or {}).get("persistent") or {}
+    return float(persistent.get("size") or 0)

@@ -57,7 +57,9 @@ class RunPodSettings(BaseSettings):
     name_prefix: str = Field("stemfleet-worker-", min_length=3)
     fleet: str = Field("stemfleet", min_length=1)  # env marker STEMFLEET_FLEET on our pods
     prices: dict[str, dict[str, float]] = Field(default_factory=lambda: DEFAULT_PRICES)
-    volume_usd_per_gb_month: float = Field(0.20, ge=0)  # a stopped pod's persistent volume
+    # disk, $/GB/month: container disk and volume while the pod runs; the volume when stopped
+    disk_usd_per_gb_month: float = Field(0.10, ge=0)
+    volume_usd_per_gb_month: float = Field(0.20, ge=0)
     catalog: bool = True  # ask the catalog for availability and prices before creating
     max_retries: int = Field(4, ge=0, le=20)  # 429 / 5xx on one candidate
     timeout: Duration = 30.0  # per request
@@ -67,10 +69,10 @@ class RunPodSettings(BaseSettings):
     def _lists(cls, value: Any) -> Any:
         return _split(value)
 
-    @field_validator("clouds", mode="before")
+    @field_validator("clouds", mode="after")
     @classmethod
-    def _upper(cls, value: Any) -> Any:
-        return [str(v).upper() for v in value] if isinstance(value, list) else value
+    def _upper(cls, value: list[str]) -> list[str]:
+        return [v.upper() for v in value]
 
     @field_validator("gpu_types", "clouds")
     @classmethod
