@@ -337,3 +337,23 @@ def test_wait_polls_until_the_state(fake: FakeRunPod, clock: FakeClock) -> None:
     assert rp.wait(pod, "started", 3) is False
     fake.tick(2)
     assert rp.wait(pod, "started", 3) is True
+
+
+def test_ratelimit_headers_are_read_as_remaining_and_reset(
+    fake: FakeRunPod, clock: FakeClock
+) -> None:
+    # every answer carries `"minute";r=<left>;t=<reset s>`: a 5xx on a read is retried after
+    # backoff, not after `r` (the requests left) read as seconds
+    sleeps = Sleeps(clock)
+    rp = provider(fake, clock, sleeps)
+    fake.fail_next("list", 500)
+    assert rp.list() == []
+    assert len(sleeps.delays) == 1 and sleeps.delays[0] < 2.0, sleeps.delays
+    # a window with nothing left: the next request waits for its reset instead of a 429
+    fake.limits = {"minute": (3, 60)}
+    clock.advance(60 - clock.now().timestamp() % 60)
+    sleeps.delays.clear()
+    for _ in range(4):
+        rp.list()
+    assert fake.count("list") == 6 and all(c.status == 200 for c in fake.calls[-4:])
+    assert sleeps.delays and max(sleeps.delays) == pytest.approx(60, abs=1)
