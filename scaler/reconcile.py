@@ -16,7 +16,7 @@ from app.clock import Clock, SystemClock
 from app.db import Connection, connect
 from app.errors import QueueError
 from app.log import get_logger
-from app.queue import Queue
+from app.queue import Queue, Reaped
 from app.queue.fleet import MachineReport
 from app.settings import Settings
 from scaler.model import (
@@ -64,6 +64,7 @@ class Inputs:
     now: datetime
     reaped: int = 0
     records: list[tuple[str, str, datetime]] = field(default_factory=list)
+    released: list[Reaped] = field(default_factory=list)  # jobs of dead workers, requeued
 
     def as_json(self, settings: Settings) -> dict[str, Any]:
         return {
@@ -81,6 +82,10 @@ class Inputs:
                 "hourly_usd": round(self.spend.hourly_usd, 6),
             },
             "reaped": self.reaped,
+            "released": [
+                {"job_id": str(r.job_id), "worker_id": str(r.worker_id), "status": r.status}
+                for r in self.released
+            ],
             "records": [
                 {"change": change, "machine_id": mid, "at": at.isoformat()}
                 for change, mid, at in self.records
@@ -163,8 +168,16 @@ class Scaler:
         self._committed = 0.0  # the fleet's $/h while acting on a plan
 
     # --- inputs ---------------------------------------------------------------------------
-    def gather(self, conn: Connection, machines: list[Machine], *, record: bool) -> Inputs:
+    def gather(
+        self,
+        conn: Connection,
+        machines: list[Machine],
+        *,
+        record: bool,
+        seen_at: datetime | None = None,
+    ) -> Inputs:
         records: list[tuple[str, str, datetime]] = []
+        released: list[Reaped] = []
         if record:
             records = self.queue.reconcile_machines(
                 conn,
@@ -174,6 +187,7 @@ class Scaler:
                     for m in machines
                 ],
             )
+            released = self.release_dead(conn, machines, records, seen_at or self.clock.now())
         workers = self.queue.fleet_workers(conn, [m.id for m in machines])
         history = self.queue.scale_history(conn)
         fleet = Fleet(
@@ -189,7 +203,36 @@ class Scaler:
             spend=self.queue.spend(conn),
             now=self.clock.now(),
             records=records,
+            released=released,
         )
+
+    def release_dead(
+        self,
+        conn: Connection,
+        machines: list[Machine],
+        records: list[tuple[str, str, datetime]],
+        seen_at: datetime,
+    ) -> list[Reaped]:
+        """Machines reported stopped, failed or gone (or gone from the list): their workers are
+        dead, so their jobs go back to the queue now rather than when the lease runs out."""
+        dead = {m.id for m in machines if m.state in ("stopped", "failed", "gone")}
+        dead |= {machine_id for change, machine_id, _ in records if change == "closed"}
+        listed = {m.id for m in machines if m.state not in ("stopped", "failed", "gone")}
+        released = self.queue.release_dead_workers(
+            conn,
+            sorted(dead - listed),
+            seen_at=seen_at,
+            backoff_base=self.settings.backoff_base,
+        )
+        for item in released:
+            self.log.info(
+                "scaler_released_dead_worker_job",
+                job_id=str(item.job_id),
+                worker_id=str(item.worker_id),
+                status=item.status,
+                attempts=item.attempts,
+            )
+        return released
 
     def preview(self) -> tuple[Plan, Inputs]:
         """The plan for now, from the same inputs, acting on nothing and recording nothing."""
@@ -240,7 +283,7 @@ class Scaler:
                 errors=errors,
                 run_id=run.id,
             )
-        inputs = self.gather(conn, machines, record=not dry_run)
+        inputs = self.gather(conn, machines, record=not dry_run, seen_at=started)
         inputs.reaped = reaped
         plan = self._plan(inputs)
         for machine_id in plan.stuck:

@@ -334,9 +334,9 @@ class FakeFly:
                 lost = self.lost_create_answers.popleft() if self.lost_create_answers else 0
             if lost != 0:  # made, but the answer never reaches the client
                 self.lost_answers += 1
-                with self._lock:
-                    self.calls.append(Call("POST", url.path, operation, query, body, 200))
                 if lost is None:
+                    with self._lock:
+                        self.calls.append(Call("POST", url.path, operation, query, body, 200))
                     handler.close_connection = True
                     handler.connection.shutdown(2)
                     return

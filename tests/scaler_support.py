@@ -100,7 +100,7 @@ def worker(
         started_at=ago(started),
         last_heartbeat_at=ago(min(heartbeat, started)),
         idle_since=None if holds else ago(idle),
-        stopped_at=ago(1.0) if state == "stopped" else None,
+        stopped_at=ago(min(heartbeat, started)) if state == "stopped" else None,
     )
 
 

@@ -14,7 +14,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from app.db import Connection
-from app.queue.jobs import JobKind, SqlCaller, Worker
+from app.queue.jobs import JobKind, Reaped, SqlCaller, Worker
 
 # One scaler acts at a time: a session-level advisory lock ("SCAL").
 SCALER_LOCK_KEY = 0x5343414C
@@ -131,6 +131,10 @@ Q_MACHINE_RUNS = """
 select * from scaler.machine_runs where provider = %(provider)s order by started_at, id
 """
 Q_LAST_RUNS = "select * from scaler.runs order by id desc limit %(limit)s"
+Q_RELEASE_DEAD_WORKERS = """
+select * from queue.release_dead_workers(p_machine_ids => %(machine_ids)s::text[],
+    p_seen_at => %(seen_at)s, p_backoff_base_seconds => %(backoff)s, p_now => %(now)s)
+"""
 
 
 class FleetQueries(SqlCaller):
@@ -165,6 +169,23 @@ class FleetQueries(SqlCaller):
         row = self._one(conn, Q_HISTORY, {})
         assert row is not None
         return ScaleHistory(**row)
+
+    def release_dead_workers(
+        self,
+        conn: Connection,
+        machine_ids: Sequence[str],
+        *,
+        seen_at: datetime,
+        backoff_base: float = 10.0,
+    ) -> list[Reaped]:
+        """Machines the provider reports stopped, failed or gone: their workers (registered by
+        `seen_at`) are dead, and their running jobs are released now, as a lease expiry would."""
+        rows = self._all(
+            conn,
+            Q_RELEASE_DEAD_WORKERS,
+            {"machine_ids": list(machine_ids), "seen_at": seen_at, "backoff": backoff_base},
+        )
+        return [Reaped(**r) for r in rows]
 
     # --- records --------------------------------------------------------------------------
     def machine_started(
