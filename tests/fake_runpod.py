@@ -29,36 +29,33 @@ Placement and money: a create places one GPU type on the first of its `dataCente
 all data centres) with room under `set_capacity` (unlimited by default), else 400 with the
 no-capacity detail. `cost` is the billed $/h: GPU price (per cloud) x count + container disk +
 volume; 0.0 when EXITED or TERMINATED as the spec says, yet an EXITED pod is still billed its
-volume (persistent mount) at `Prices.volume_gb_hour_stopped`. PROVISIONING, STARTING and ERROR
-pods hold their GPU and are billed like RUNNING ones. `charged_usd()` is the bill so far.
+volume (persistent mount) at `Prices.volume_gb_hour_stopped` (and its container disk at
+`container_disk_gb_hour_stopped`, 0 by default: the spec calls it ephemeral). PROVISIONING,
+STARTING and ERROR pods hold their GPU and are billed like RUNNING ones. `charged_usd()` is the
+bill so far, `rate_usd_per_hour()` the rate now; `Prices(...)` sets every figure.
 
 Faults (names: create, list, get, update, start, stop, restart, terminate, catalog, or an
-operationId): `fail_next(name, status, detail=...)`, `lose_next(name)` (done, but the answer is
-a 5xx or a dropped connection), `set_capacity(...)`, `set_balance(usd)` (402 below an hour's
+operationId; `gpu_id=`/`pod_id=` narrow them): `fail_next(name, status, detail=...)` (answered
+with the spec's ErrorResponse, not processed), `lose_next(name)` (processed, but the answer is a
+5xx, or with status=None a dropped connection), `set_capacity(...)`, `set_balance(usd)` (402 below an hour's
 rate), `stall_next()` (stays PROVISIONING/STARTING), `error_next()` (ends in ERROR),
 `zero_gpu_next_start()`, `break_pod(pod_id)`. Every answer carries the spec's `RateLimit` and
-`RateLimit-Policy` headers; past a window's quota the answer is 429 with `Retry-After`.
+`RateLimit-Policy` headers; past a window's quota (`limits`, per fake-clock minute, hour and
+day) the answer is 429 with `Retry-After`, and the request is not counted.
 """
 
 from __future__ import annotations
 
+import functools
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from app.clock import FakeClock
-from tests.fake_runpod_pods import (
-    DATA_CENTERS,
-    HOST_CUDA,
-    NO_CAPACITY,
-    GpuOffer,
-    Prices,
-    RunPodAccount,
-    cuda_accepts,
-    problem,
-)
-from tests.spec_support import LoopbackServer, OpenApiSpec, Reply, Request
+from tests.fake_runpod_catalog import NO_CAPACITY, GpuOffer, Prices, catalog
+from tests.fake_runpod_pods import RunPodAccount
+from tests.spec_support import LoopbackServer, OpenApiSpec, Reply, Request, problem
 
 SPEC_PATH = Path(__file__).parent / "data" / "runpod-openapi.json"
 SHARED_SPEC_PATH = Path(__file__).resolve().parents[2] / "shared/reference/runpod-openapi.json"
@@ -71,8 +68,13 @@ SHORT_NAMES = {
     "listGpuTypes": "catalog",
     "getGpuType": "catalog",
 }
-# window -> (quota, seconds), as in the spec's RateLimit-Policy example
+# window -> (quota, seconds), as in the spec's RateLimit-Policy example; limits={} turns it off
 DEFAULT_LIMITS = {"minute": (60, 60), "hour": (3000, 3600), "day": (50000, 86400)}
+
+
+@functools.cache
+def load_spec() -> OpenApiSpec:
+    return OpenApiSpec(SPEC_PATH)
 
 
 @dataclass
@@ -82,7 +84,7 @@ class Call:
     operation: str | None
     query: dict[str, Any]
     body: Any
-    status: int
+    status: int  # 0: the connection was closed with no answer
 
 
 @dataclass
@@ -93,6 +95,13 @@ class Fault:
     detail: str | None = None
     retry_after: int | None = None
     after: bool = False  # the request is processed, then its answer is lost
+    gpu_id: str | None = None
+    pod_id: str | None = None
+
+    def matches(self, names: set[str], gpu_id: str | None, pod_id: str | None) -> bool:
+        return (
+            self.name in names and self.gpu_id in (None, gpu_id) and self.pod_id in (None, pod_id)
+        )
 
 
 class FakeRunPod(RunPodAccount):
@@ -111,7 +120,7 @@ class FakeRunPod(RunPodAccount):
         )
         self.api_key = api_key
         self.limits = DEFAULT_LIMITS if limits is None else limits
-        self.spec = OpenApiSpec(SPEC_PATH)
+        self.spec = load_spec()
         self.calls: list[Call] = []
         self.faults: deque[Fault] = deque()
         self._used: dict[str, tuple[int, int]] = {}  # window -> (its start, requests in it)
@@ -140,16 +149,29 @@ class FakeRunPod(RunPodAccount):
         times: int = 1,
         detail: str | None = None,
         retry_after: int | None = None,
+        gpu_id: str | None = None,
+        pod_id: str | None = None,
     ) -> None:
-        """The next `times` requests for `name` are answered `status` and not processed."""
+        """The next `times` requests for `name` (only those for that GPU type or pod, when
+        given) are answered `status` with `detail`, and not processed."""
         with self._lock:
-            self.faults.append(Fault(name, status, times, detail, retry_after))
+            self.faults.append(
+                Fault(name, status, times, detail, retry_after, gpu_id=gpu_id, pod_id=pod_id)
+            )
 
-    def lose_next(self, name: str, *, status: int | None = 502, times: int = 1) -> None:
-        """The next `times` requests for `name` are processed, but the answer is `status`
-        (a 5xx) or, with status=None, the connection closes with no answer."""
+    def lose_next(
+        self,
+        name: str,
+        *,
+        status: int | None = 502,
+        times: int = 1,
+        gpu_id: str | None = None,
+        pod_id: str | None = None,
+    ) -> None:
+        """The next `times` requests for `name` that succeed are processed, but the answer is
+        `status` (a 5xx) or, with status=None, the connection closes with no answer."""
         with self._lock:
-            self.faults.append(Fault(name, status, times, after=True))
+            self.faults.append(Fault(name, status, times, after=True, gpu_id=gpu_id, pod_id=pod_id))
 
     # --- HTTP -----------------------------------------------------------------------------
     def _serve(self, request: Request) -> Reply:
@@ -188,15 +210,17 @@ class FakeRunPod(RunPodAccount):
             self.violations.extend(f"{name}: {p}" for p in problems)
             return problem(422, "Request validation failed.", problems), name, query
         with self._lock:
-            refused = self._throttle() or self._fault(name, request.body, after=False)
+            target = self._target(name, params, request.body)
+            refused = self._throttle() or self._fault(target, after=False)
             if refused is not None:
                 reply = refused
             else:
                 if name in ("listGpuTypes", "getGpuType"):
-                    reply = self._catalog(params.get("id"), query)
+                    reply = catalog(self.prices, self._free, params.get("id"), query)
                 else:
                     reply = self.operate(name, params, query, request.body or {})
-                reply = self._fault(name, request.body, after=True) or reply
+                if reply.status < 300:
+                    reply = self._fault(target, after=True) or reply
         if not reply.dropped:
             ctype = reply.content_type if reply.body is not None else None
             problems = self.spec.check_response(op, reply.status, reply.body, ctype)
@@ -232,9 +256,20 @@ class FakeRunPod(RunPodAccount):
             policy.append(f'"{window}";q={quota};w={seconds}')
         return {"RateLimit": ", ".join(live), "RateLimit-Policy": ", ".join(policy)}
 
-    def _fault(self, operation: str, body: Any, *, after: bool) -> Reply | None:
-        names = _names(operation, body)
-        fault = next((f for f in self.faults if f.name in names and f.after == after), None)
+    def _target(
+        self, operation: str, params: dict[str, str], body: Any
+    ) -> tuple[set[str], str | None, str | None]:
+        """The names a fault may use for this request, and its GPU type and pod."""
+        pod = self.pods.get(params.get("id", ""))
+        if pod is not None:
+            return _names(operation, body), pod.config["gpu"]["id"], pod.config["id"]
+        gpu = body.get("gpu") if operation == "createPod" and isinstance(body, dict) else None
+        return _names(operation, body), (gpu or {}).get("id"), None
+
+    def _fault(
+        self, target: tuple[set[str], str | None, str | None], *, after: bool
+    ) -> Reply | None:
+        fault = next((f for f in self.faults if f.after == after and f.matches(*target)), None)
         if fault is None:
             return None
         fault.times -= 1
@@ -246,69 +281,6 @@ class FakeRunPod(RunPodAccount):
         if fault.status == 429:
             reply.headers["Retry-After"] = str(fault.retry_after or 12)
         return reply
-
-    def _catalog(self, gpu_id: str | None, query: dict[str, Any]) -> Reply:
-        include = "AVAILABILITY" in query.get("include", [])
-        scoped = [k for k in ("count", "cloud", "countryCodes", "cudaVersions", "minCudaVersion")]
-        if include != ("product" in query):
-            return problem(400, "product is required with include=AVAILABILITY, and only there")
-        if not include and (extra := [k for k in scoped if k in query]):
-            return problem(400, f"{extra[0]} is valid only with include=AVAILABILITY")
-        if "cudaVersions" in query and "minCudaVersion" in query:
-            return problem(400, "cudaVersions and minCudaVersion are mutually exclusive")
-        if gpu_id is not None and gpu_id not in self.prices.gpus:
-            return problem(404, "GPU type not found")
-        entries = []
-        for gid in [gpu_id] if gpu_id else sorted(self.prices.gpus):
-            offer = self.prices.gpus[gid]
-            entry: dict[str, Any] = {
-                "id": gid,
-                "name": offer.name,
-                "pool": None,
-                "manufacturer": "NVIDIA",
-                "memory": offer.memory_gb,
-                "secure": True,
-                "community": True,
-                "price": {"secure": offer.secure, "community": offer.community},
-                "maxCount": {"secure": offer.max_count, "community": offer.max_count},
-            }
-            if include:
-                places = self._availability(gid, query)
-                if not places and gpu_id is None:
-                    continue  # no data centre in the countries asked for
-                levels = [p["availability"] for p in places] or ["NONE"]
-                entry["availability"] = max(levels, key=LEVELS.index)
-                if entry["availability"] != "NONE":
-                    entry["dataCenters"] = places
-                cuda = cuda_accepts(query.get("cudaVersions"), query.get("minCudaVersion"))
-                entry["cudaVersions"] = (
-                    [{"version": HOST_CUDA, "available": entry["availability"] != "NONE"}]
-                    if cuda
-                    else []
-                )
-            entries.append(entry)
-        return Reply(200, entries[0] if gpu_id else {"gpus": entries})
-
-    def _availability(self, gpu_id: str, query: dict[str, Any]) -> list[dict[str, Any]]:
-        count, cloud = query.get("count", 1), query.get("cloud", "SECURE")
-        cuda = cuda_accepts(query.get("cudaVersions"), query.get("minCudaVersion"))
-        places = []
-        for dc, (name, country) in DATA_CENTERS.items():
-            if query.get("countryCodes") and country not in query["countryCodes"]:
-                continue
-            free = self._free(gpu_id, dc, cloud) if cuda else 0
-            level = "HIGH" if free is None else _level(free, count)
-            places.append({"id": dc, "name": name, "availability": level})
-        return places
-
-
-LEVELS = ["NONE", "LOW", "MEDIUM", "HIGH"]
-
-
-def _level(free: int, count: int) -> str:
-    if free < count:
-        return "NONE"
-    return "LOW" if free < 3 * count else "MEDIUM" if free < 8 * count else "HIGH"
 
 
 def _names(operation: str | None, body: Any) -> set[str]:

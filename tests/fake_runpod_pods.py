@@ -7,20 +7,21 @@ from __future__ import annotations
 
 import copy
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from http import HTTPStatus
 from typing import Any
 
 from app.clock import FakeClock
-from tests.spec_support import Reply
-
-NO_CAPACITY = (
-    "There are no longer any instances available with the requested specifications. "
-    "Please refresh and try again."
+from tests.fake_runpod_catalog import (
+    DATA_CENTERS,
+    HOST_CUDA,
+    NO_CAPACITY,
+    Prices,
+    cuda_accepts,
 )
+from tests.spec_support import Reply, problem
+
 NO_BALANCE = "Insufficient balance: add funds to your account to deploy this pod."
-HOST_CUDA = "12.8"
 HOLDING = ("PROVISIONING", "STARTING", "RUNNING", "ERROR")  # statuses that hold a GPU
 ACTIONS = {  # the spec's podAction description
     "PROVISIONING": ["stop", "terminate"],
@@ -30,48 +31,7 @@ ACTIONS = {  # the spec's podAction description
     "ERROR": ["start", "terminate"],
     "TERMINATED": [],
 }
-DATA_CENTERS = {  # id -> (name, country)
-    "US-TX-3": ("US Texas 3", "US"),
-    "EU-RO-1": ("EU Romania 1", "RO"),
-    "CA-MTL-1": ("CA Montreal 1", "CA"),
-}
 UPDATABLE = ("name", "image", "args", "disk", "ports", "env", "registry", "locked")
-
-
-@dataclass(frozen=True)
-class GpuOffer:
-    name: str
-    memory_gb: int
-    secure: float  # $/h for one GPU
-    community: float
-    max_count: int = 8
-
-
-@dataclass(frozen=True)
-class Prices:
-    """The fake's price list; the catalog answers it and the bill follows it."""
-
-    gpus: dict[str, GpuOffer] = field(
-        default_factory=lambda: {
-            "NVIDIA RTX A4000": GpuOffer("RTX A4000", 16, 0.29, 0.17),
-            "NVIDIA GeForce RTX 3090": GpuOffer("RTX 3090", 24, 0.43, 0.22),
-            "NVIDIA RTX A4500": GpuOffer("RTX A4500", 20, 0.34, 0.19),
-            "NVIDIA RTX A5000": GpuOffer("RTX A5000", 24, 0.36, 0.22),
-            "NVIDIA RTX 4000 Ada Generation": GpuOffer("RTX 4000 Ada", 20, 0.38, 0.20),
-        }
-    )
-    container_disk_gb_hour: float = 0.10 / 730  # while the pod holds its GPU
-    volume_gb_hour_running: float = 0.10 / 730  # mounts.persistent, GPU held
-    volume_gb_hour_stopped: float = 0.20 / 730  # mounts.persistent, EXITED
-
-    def running(self, gpu_id: str, cloud: str, gpus: int, disk: int, volume: int) -> float:
-        offer = self.gpus[gpu_id]
-        per_gpu = offer.secure if cloud == "SECURE" else offer.community
-        return (
-            gpus * per_gpu
-            + disk * self.container_disk_gb_hour
-            + volume * self.volume_gb_hour_running
-        )
 
 
 @dataclass
@@ -88,14 +48,6 @@ class Pod:
     @property
     def volume(self) -> int:
         return int(self.config["mounts"].get("persistent", {}).get("size", 0))
-
-
-def problem(status: int, detail: str, errors: list[str] | None = None) -> Reply:
-    """An answer in the spec's ErrorResponse shape."""
-    body: dict[str, Any] = {"title": HTTPStatus(status).phrase, "status": status, "detail": detail}
-    if errors:
-        body["errors"] = errors
-    return Reply(status, body, content_type="application/problem+json")
 
 
 def iso(moment: datetime) -> str:
@@ -202,7 +154,7 @@ class RunPodAccount:
         """A pod that exists before the test (someone else's, or left by an earlier run)."""
         with self._lock:
             body = {"name": name, "image": "someone/else:1", "env": env or {}, "cloud": cloud}
-            pod = self._new_pod({**body, "gpu": {"id": gpu_id}}, data_center)
+            pod = self._new_pod({**body, "gpu": {"id": gpu_id}}, data_center, boot=False)
             if status != "PROVISIONING":
                 pod.config["startedAt"] = iso(self.clock.now())
             self._set_status(pod, status)
@@ -329,7 +281,7 @@ class RunPodAccount:
             return False
         return self.balance_usd - self.charged_usd() < rate
 
-    def _new_pod(self, body: dict[str, Any], data_center: str) -> Pod:
+    def _new_pod(self, body: dict[str, Any], data_center: str, *, boot: bool = True) -> Pod:
         self._counter += 1
         pod_id = f"fakepod{self._counter:07d}"
         gpu = {"id": body["gpu"]["id"], "count": body["gpu"].get("count", 1)}
@@ -354,7 +306,8 @@ class RunPodAccount:
         now = self.clock.now()
         pod = Pod(copy.deepcopy(config), "PROVISIONING", gpu["count"], now, self.provision_ticks)
         self.pods[pod_id] = pod
-        self._boot(pod)
+        if boot:
+            self._boot(pod)
         return pod
 
     def _boot(self, pod: Pod) -> None:
@@ -389,7 +342,7 @@ class RunPodAccount:
         if pod.status == "TERMINATED":
             return 0.0
         if pod.status == "EXITED":
-            return pod.volume * self.prices.volume_gb_hour_stopped
+            return self.prices.stopped(pod.config["disk"], pod.volume)
         gpu = pod.config["gpu"]
         return self.prices.running(
             gpu["id"], pod.config["cloud"], pod.gpus, pod.config["disk"], pod.volume
@@ -428,14 +381,3 @@ class RunPodAccount:
                 "ports": [],
             }
         return data
-
-
-def cuda_accepts(allowed: list[str] | None, minimum: str | None) -> bool:
-    """Whether the hosts' CUDA version (HOST_CUDA) meets the constraint."""
-
-    def version(text: str) -> tuple[int, ...]:
-        return tuple(int(part) for part in text.split("."))
-
-    if allowed and HOST_CUDA not in allowed:
-        return False
-    return minimum is None or version(HOST_CUDA) >= version(minimum)

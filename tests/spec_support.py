@@ -20,10 +20,11 @@ import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from openapi_schema_validator import OAS31Validator, oas31_format_checker
 
@@ -126,7 +127,11 @@ class OpenApiSpec:
     def match(self, method: str, path: str) -> tuple[Operation, dict[str, str]] | list[str]:
         """The operation and its path parameters, or the methods the path allows (empty when
         the path is not in the spec). A literal segment beats a template one."""
-        found = [(op, m.groupdict()) for op in self.operations if (m := op.regex.match(path))]
+        found = [
+            (op, {k: unquote(v) for k, v in m.groupdict().items()})
+            for op in self.operations
+            if (m := op.regex.match(path))
+        ]
         found.sort(key=lambda f: len(f[1]))
         for op, params in found:
             if op.method == method:
@@ -251,6 +256,14 @@ class Reply:
     def drop() -> Reply:
         """Close the connection without answering (the request may have been processed)."""
         return Reply(0, dropped=True)
+
+
+def problem(status: int, detail: str, errors: list[str] | None = None) -> Reply:
+    """An RFC 9457 problem-details answer (RunPod's ErrorResponse)."""
+    body: dict[str, Any] = {"title": HTTPStatus(status).phrase, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    return Reply(status, body, content_type="application/problem+json")
 
 
 class LoopbackServer:
