@@ -221,6 +221,8 @@ class RunPodProvider:
             raise ProviderError(
                 f"pod {machine_id} cannot start: {detail_of(response)}", kind="capacity", status=400
             )
+        if response.status_code == 402:
+            raise ProviderError(f"no balance: {detail_of(response)}", kind="no_balance", status=402)
         self._raise_for(response, f"start pod {machine_id}")
 
     def stop(self, machine_id: str) -> None:
