@@ -6,6 +6,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.clock import FakeClock
 from app.queue import Worker
 from app.settings import Settings, load_settings
 from scaler.model import Backlog, Fleet, FleetMachine, Machine, Plan, Spend
@@ -170,3 +171,15 @@ def check_plan(result: Plan, the_fleet: Fleet, the_settings: Settings, the_spend
         assert the_spend.month_usd + ahead <= the_settings.monthly_budget_usd + 1e-9
         started = [a.machine_id for a in starts if a.machine_id]
         assert len(started) == len(set(started))
+
+
+class Sleeps:
+    """A provider's sleep in tests: records each delay and moves the fake clock instead of
+    waiting."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.delays = clock, []  # type: ignore[var-annotated]
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.clock.advance(seconds)

@@ -21,24 +21,13 @@ from scaler.providers.base import ProviderError
 from scaler.providers.runpod import FLEET_ENV, RunPodProvider
 from scaler.providers.runpod_settings import RunPodSettings, load_runpod_settings
 from tests.fake_runpod import SPEC_PATH, FakeRunPod
-from tests.scaler_support import settings
+from tests.scaler_support import Sleeps, settings
 from tests.spec_support import OpenApiSpec, check
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy/runpod-pod.json"
 A4000, RTX3090, A4500 = "NVIDIA RTX A4000", "NVIDIA GeForce RTX 3090", "NVIDIA RTX A4500"
 DISK_USD = 20 * 0.10 / 730  # the template's 20 GB container disk while running
-
-
-class Sleeps:
-    """The provider's sleep: records each delay and moves the fake clock instead of waiting."""
-
-    def __init__(self, clock: FakeClock) -> None:
-        self.clock, self.delays = clock, []  # type: ignore[var-annotated]
-
-    def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-        self.clock.advance(seconds)
 
 
 @pytest.fixture

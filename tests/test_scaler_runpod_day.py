@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
@@ -28,22 +27,15 @@ from app.settings import Settings
 from scaler.providers.runpod import RunPodProvider
 from scaler.reconcile import Scaler
 from tests.fake_runpod import FakeRunPod
-from tests.scaler_support import settings
-from tests.test_scaler_runpod import A4000, A4500, RTX3090, Sleeps, rp_settings
+from tests.scaler_support import Sleeps, settings
+from tests.test_scaler_runpod import A4000, A4500, RTX3090, fake, rp_settings
 from tests.worker_helpers import libpq_url
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000a4a0")
 HOLDING = ("PROVISIONING", "STARTING", "RUNNING", "ERROR")  # the fake bills these at full rate
 ROUND_S = 60.0
+__all__ = ["fake"]  # the fake RunPod server fixture, shared with test_scaler_runpod.py
 JOBS_PER_ROUND = 10  # one GPU worker: about 6 s a job
-
-
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeRunPod]:
-    server = FakeRunPod(clock)
-    server.start()
-    yield server
-    server.stop()
 
 
 def day_settings(db_url: str, **overrides: Any) -> Settings:

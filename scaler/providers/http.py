@@ -160,6 +160,17 @@ class ApiClient:
     def close(self) -> None:
         self._client.close()
 
+    def raise_for(self, response: httpx.Response, what: str) -> None:
+        """A ProviderError for an error answer (kind not_found for 404, else rejected)."""
+        if response.status_code < 400:
+            return
+        raise ProviderError(
+            f"{self.provider} API could not {what}: HTTP {response.status_code}: "
+            f"{self.error_text(response)}",
+            kind="not_found" if response.status_code == 404 else "rejected",
+            status=response.status_code,
+        )
+
     def _throttle(self, action: str, key: str) -> None:
         bucket = self._buckets.get((action, key))
         if bucket is None:

@@ -119,7 +119,7 @@ class RunPodProvider:
 
     def _pods(self) -> list[dict[str, Any]]:
         response = self.api.request("GET", "/pods", action="list", key="pods")
-        self._raise_for(response, "list pods")
+        self.api.raise_for(response, "list pods")
         return [p for p in response.json().get("pods") or [] if self.is_ours(p)]
 
     def list(self) -> list[Machine]:
@@ -223,13 +223,13 @@ class RunPodProvider:
             )
         if response.status_code == 402:
             raise ProviderError(f"no balance: {detail_of(response)}", kind="no_balance", status=402)
-        self._raise_for(response, f"start pod {machine_id}")
+        self.api.raise_for(response, f"start pod {machine_id}")
 
     def stop(self, machine_id: str) -> None:
         response = self._action(machine_id, "stop")
         if response.status_code == 409:
             return  # not running (EXITED already): nothing to stop
-        self._raise_for(response, f"stop pod {machine_id}")
+        self.api.raise_for(response, f"stop pod {machine_id}")
 
     def destroy(self, machine_id: str) -> None:
         response = self.api.request(
@@ -237,7 +237,7 @@ class RunPodProvider:
         )
         if response.status_code == 404:
             return  # already gone
-        self._raise_for(response, f"terminate pod {machine_id}")
+        self.api.raise_for(response, f"terminate pod {machine_id}")
 
     def wait(self, machine_id: str, state: MachineState, timeout: float) -> bool:
         deadline = self._clock.monotonic() + timeout
@@ -253,7 +253,7 @@ class RunPodProvider:
     def _polls(self, machine_id: str) -> Iterator[dict[str, Any]]:
         while True:
             response = self.api.request("GET", f"/pods/{machine_id}", action="get", key=machine_id)
-            self._raise_for(response, f"read pod {machine_id}")
+            self.api.raise_for(response, f"read pod {machine_id}")
             yield response.json()
 
     def close(self) -> None:
@@ -312,15 +312,4 @@ class RunPodProvider:
             booted_at=started if status in ("STARTING", "RUNNING") else None,
             provider_state=status,
             name=pod.get("name"),
-        )
-
-    @staticmethod
-    def _raise_for(response: httpx.Response, what: str) -> None:
-        if response.status_code < 400:
-            return
-        kind = "not_found" if response.status_code == 404 else "rejected"
-        raise ProviderError(
-            f"RunPod API could not {what}: HTTP {response.status_code}: {detail_of(response)}",
-            kind=kind,
-            status=response.status_code,
         )
