@@ -32,6 +32,15 @@ from scaler.model import (
 from scaler.policy import plan as make_plan
 from scaler.providers.base import Provider, ProviderError
 
+# A create failing so ends the creates of this run (a later run tries again).
+ENDS_CREATES = {
+    "capacity": "the provider had no capacity",
+    "no_balance": "the provider account has no balance",
+    "config": "the provider refused the machine configuration",
+    "over_ceiling": "no machine the provider could make fits the ceilings",
+    "unknown_outcome": "a create's answer was lost",
+}
+
 LOCKED_MESSAGE = (
     "another scaler run holds the lock (Postgres advisory lock): this run did nothing; "
     "the other one is acting"
@@ -183,7 +192,15 @@ class Scaler:
                 conn,
                 provider=self.provider.name,
                 machines=[
-                    MachineReport(m.id, m.size, m.hourly_usd, m.billed, m.state_since)
+                    MachineReport(
+                        m.id,
+                        m.size,
+                        m.hourly_usd,
+                        m.billed,
+                        m.state_since,
+                        stopped_hourly_usd=m.stopped_hourly_usd,
+                        parked=m.state in ("stopped", "failed"),
+                    )
                     for m in machines
                 ],
             )
@@ -334,17 +351,13 @@ class Scaler:
     # --- acting ---------------------------------------------------------------------------
     def act(self, conn: Connection, plan: Plan) -> list[ActionResult]:
         results: list[ActionResult] = []
-        no_capacity: str | None = None
+        no_capacity: str | None = None  # why creates end for this run
         # The fleet's rate as the plan left it, corrected by what creates really cost: a create
         # may cost at most what is left under max_hourly_usd.
         self._committed = plan.hourly_usd_after
         for action in plan.actions:
             if action.kind == "create" and no_capacity:
-                results.append(
-                    ActionResult(
-                        action, False, f"skipped: the provider had no capacity ({no_capacity})"
-                    )
-                )
+                results.append(ActionResult(action, False, f"skipped: {no_capacity}"))
                 continue
             try:
                 results.append(self._do(conn, action))
@@ -357,8 +370,8 @@ class Scaler:
                     error=str(exc),
                 )
                 results.append(ActionResult(action, False, str(exc), error_kind=exc.kind))
-                if action.kind == "create" and exc.kind == "capacity":
-                    no_capacity = str(exc)
+                if action.kind == "create" and exc.kind in ENDS_CREATES:
+                    no_capacity = f"{ENDS_CREATES[exc.kind]} ({exc})"
                 if action.kind == "start" and exc.kind == "capacity":
                     results.extend(self._replace(conn, action))
             except QueueError as exc:

@@ -114,6 +114,7 @@ class FakeFly:
         self.start_refusals = 0
         self.lost_create_answers: deque[int | None] = deque()
         self.lost_answers = 0
+        self.created: list[str] = []  # machines made by Machines_create, answered or not
         self.next_boot_ticks: deque[int] = deque()
         self.next_stuck = 0
         self.list_gate: threading.Event | None = None
@@ -451,6 +452,7 @@ class FakeFly:
             if body.get("region"):
                 machine.data["region"] = body["region"]
             self._launch(machine, "launch")
+            self.created.append(machine_id)
             self.machines[machine_id] = machine
             return 200, copy.deepcopy(machine.data)
         machine = self.machines.get(params.get("machine_id", ""))

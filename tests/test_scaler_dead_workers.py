@@ -28,6 +28,7 @@ def test_release_dead_workers_requeues_their_jobs_as_an_attempt(
     conn: Connection, queue: Queue, clock: FakeClock
 ) -> None:
     job, _ = queue.enqueue(conn, user_id=USER, input_key="inputs/a.wav", max_attempts=2)
+    clock.advance(1)  # claimed oldest first
     other, _ = queue.enqueue(conn, user_id=USER, input_key="inputs/b.wav")
     dead = queue.register_worker(conn, machine_id="m1", provider="fly")
     alive = queue.register_worker(conn, machine_id="m2", provider="fly")

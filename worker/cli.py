@@ -96,6 +96,11 @@ def run_worker(args: argparse.Namespace) -> int:
         worker.log.info("signal_received", signal=signal.Signals(signum).name)
         worker.request_stop()
 
+    # Once the relay is gone the worker is exiting in order (drained, idle, stopped): a SIGTERM
+    # that arrives then (the scaler stopping a drained worker that is already on its way out)
+    # must not turn exit 0 into death by signal. The relay restores these on its way out.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with SignalRelay(on_signal):
         try:
             worker.start()

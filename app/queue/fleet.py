@@ -93,6 +93,8 @@ class MachineReport:
     hourly_usd: float
     billed: bool  # started, starting or stopping: the provider charges for it
     state_since: datetime | None
+    stopped_hourly_usd: float = 0.0  # what it costs while stopped (e.g. its disk)
+    parked: bool = False  # stopped or failed: billed at stopped_hourly_usd
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +103,8 @@ class MachineReport:
             "hourly_usd": self.hourly_usd,
             "billed": self.billed,
             "state_since": self.state_since.isoformat() if self.state_since else None,
+            "stopped_hourly_usd": self.stopped_hourly_usd,
+            "parked": self.parked,
         }
 
 
@@ -121,6 +125,13 @@ select * from scaler.machine_stop_requested(p_provider => %(provider)s,
 Q_RECONCILE_MACHINES = """
 select * from scaler.reconcile_machines(p_provider => %(provider)s, p_machines => %(machines)s,
     p_now => %(now)s)
+"""
+Q_RECONCILE_PARKED = """
+select * from scaler.reconcile_parked(p_provider => %(provider)s, p_machines => %(machines)s,
+    p_now => %(now)s)
+"""
+Q_PARKED_RUNS = """
+select * from scaler.parked_runs where provider = %(provider)s order by started_at, id
 """
 Q_RECORD_RUN = """
 select * from scaler.record_run(p_provider => %(provider)s, p_started_at => %(started_at)s,
@@ -217,14 +228,17 @@ class FleetQueries(SqlCaller):
     def reconcile_machines(
         self, conn: Connection, *, provider: str, machines: Sequence[MachineReport]
     ) -> list[tuple[str, str, datetime]]:
-        """Open runs for billed machines, close runs of stopped or vanished ones; returns the
-        changes as (opened|closed, machine id, at)."""
-        rows = self._all(
-            conn,
-            Q_RECONCILE_MACHINES,
-            {"provider": provider, "machines": Jsonb([m.as_json() for m in machines])},
-        )
+        """Open runs for billed machines, close runs of stopped or vanished ones, and the same
+        for parked runs (stopped machines with a stopped price); returns the changes as
+        (opened|closed|parked|unparked, machine id, at)."""
+        args = {"provider": provider, "machines": Jsonb([m.as_json() for m in machines])}
+        rows = self._all(conn, Q_RECONCILE_MACHINES, args)
+        rows += self._all(conn, Q_RECONCILE_PARKED, args)
         return [(row["change"], row["machine_id"], row["at"]) for row in rows]
+
+    def parked_runs(self, conn: Connection, provider: str) -> list[dict[str, Any]]:
+        """Stretches machines spent stopped at a nonzero stopped price, oldest first."""
+        return self._all(conn, Q_PARKED_RUNS, {"provider": provider})
 
     def record_run(
         self,
