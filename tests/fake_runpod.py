@@ -35,13 +35,24 @@ STARTING and ERROR pods hold their GPU and are billed like RUNNING ones. `charge
 bill so far, `rate_usd_per_hour()` the rate now; `Prices(...)` sets every figure.
 
 Faults (names: create, list, get, update, start, stop, restart, terminate, catalog, or an
-operationId; `gpu_id=`/`pod_id=` narrow them): `fail_next(name, status, detail=...)` (answered
-with the spec's ErrorResponse, not processed), `lose_next(name)` (processed, but the answer is a
-5xx, or with status=None a dropped connection), `set_capacity(...)`, `set_balance(usd)` (402 below an hour's
-rate), `stall_next()` (stays PROVISIONING/STARTING), `error_next()` (ends in ERROR),
-`zero_gpu_next_start()`, `break_pod(pod_id)`. Every answer carries the spec's `RateLimit` and
-`RateLimit-Policy` headers; past a window's quota (`limits`, per fake-clock minute, hour and
-day) the answer is 429 with `Retry-After`, and the request is not counted.
+operationId; `gpu_id=`/`pod_id=` narrow them):
+    fail_next(name, status, detail=...)  answered with the spec's ErrorResponse, not processed
+    lose_next(name, status=502)  processed, then the answer is a 5xx (status=None: no answer,
+                                 the connection closes)
+    set_capacity(gpu_id, gpus, data_center=, cloud=)  400 no capacity past it; a start then
+                                 comes back without a GPU; the catalog's availability follows
+    set_balance(usd)             402 on create/start while under an hour of the pod's rate
+    set_hourly_limit(usd)        the account's spend limit: 400 on a create/start past it
+    stall_next()                 the next boot stays PROVISIONING (or STARTING) until stopped
+    error_next() / break_pod(id) the next boot ends in ERROR / the pod goes ERROR now
+    zero_gpu_next_start()        the next start comes back RUNNING without a GPU
+    add_pod(name, ...)           a pod that was there before (someone else's, or ours)
+
+Every authenticated answer carries the spec's `RateLimit` and `RateLimit-Policy` headers; past
+a window's quota (`limits`, fixed fake-clock windows; default the spec's example, 60 a minute,
+3000 an hour, 50000 a day; `limits={}` for none) the answer is 429 with `Retry-After` seconds
+to the window's end, and the request is not counted. fail_next(name, 429, retry_after=n)
+forces one.
 """
 
 from __future__ import annotations
@@ -54,7 +65,7 @@ from typing import Any
 
 from app.clock import FakeClock
 from tests.fake_runpod_catalog import NO_CAPACITY, GpuOffer, Prices, catalog
-from tests.fake_runpod_pods import RunPodAccount
+from tests.fake_runpod_pods import NO_BALANCE, OVER_LIMIT, RunPodAccount
 from tests.spec_support import LoopbackServer, OpenApiSpec, Reply, Request, problem
 
 SPEC_PATH = Path(__file__).parent / "data" / "runpod-openapi.json"
@@ -254,6 +265,8 @@ class FakeRunPod(RunPodAccount):
             left = quota - used if began == now - now % seconds else quota
             live.append(f'"{window}";r={max(left, 0)};t={seconds - now % seconds}')
             policy.append(f'"{window}";q={quota};w={seconds}')
+        if not live:
+            return {}  # the spec: omitted for rate-limit-exempt callers
         return {"RateLimit": ", ".join(live), "RateLimit-Policy": ", ".join(policy)}
 
     def _target(
@@ -292,4 +305,4 @@ def _names(operation: str | None, body: Any) -> set[str]:
     return names
 
 
-__all__ = ["NO_CAPACITY", "Call", "FakeRunPod", "GpuOffer", "Prices"]
+__all__ = ["NO_BALANCE", "NO_CAPACITY", "OVER_LIMIT", "Call", "FakeRunPod", "GpuOffer", "Prices"]

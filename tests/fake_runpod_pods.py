@@ -1,6 +1,6 @@
 """The RunPod account behind the fake API (tests/fake_runpod.py): pods and their statuses,
-placement under capacity, per-second billing, the GPU catalog. No HTTP here: `operate()` takes
-a request that already fits the spec and returns the answer.
+placement under capacity, per-second billing. No HTTP here: `operate()` takes a request that
+already fits the spec and returns the answer.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from tests.fake_runpod_catalog import (
 from tests.spec_support import Reply, problem
 
 NO_BALANCE = "Insufficient balance: add funds to your account to deploy this pod."
+OVER_LIMIT = "This would take your pods past your account's spend limit per hour."
 HOLDING = ("PROVISIONING", "STARTING", "RUNNING", "ERROR")  # statuses that hold a GPU
 ACTIONS = {  # the spec's podAction description
     "PROVISIONING": ["stop", "terminate"],
@@ -70,6 +71,7 @@ class RunPodAccount:
         self.violations: list[str] = []
         self.capacity: dict[tuple[str, str | None, str | None], int] = {}
         self.balance_usd: float | None = None
+        self.hourly_limit_usd: float | None = None
         self.next_stalled = self.next_doomed = self.next_zero_gpu = 0
         self._counter = 0
         self._lock = threading.RLock()
@@ -120,6 +122,12 @@ class RunPodAccount:
         """Creates and starts answer 402 while the balance left is under an hour of the pod."""
         with self._lock:
             self.balance_usd = usd
+
+    def set_hourly_limit(self, usd: float | None) -> None:
+        """The account's own spend limit: a create or start that would take the pods holding
+        GPUs past `usd` per hour answers 400 (the spec's "breaks a rule"; it has no code)."""
+        with self._lock:
+            self.hourly_limit_usd = usd
 
     def stall_next(self, times: int = 1) -> None:
         """The next pods to boot (create, start, restart) stay PROVISIONING/STARTING."""
@@ -202,8 +210,8 @@ class RunPodAccount:
             return problem(400, f"unknown data center {unknown[0]}")
         volume = body.get("mounts", {}).get("persistent", {}).get("size", 0)
         rate = self.prices.running(gpu["id"], cloud, count, body.get("disk", 50), volume)
-        if self._short_of_money(rate):
-            return problem(402, NO_BALANCE)
+        if refused := self._refuse_money(rate):
+            return refused
         cuda_ok = cuda_accepts(gpu.get("allowedCudaVersions"), gpu.get("minCudaVersion"))
         for data_center in wanted:
             if cuda_ok and self._fits(gpu["id"], data_center, cloud, count):
@@ -237,8 +245,8 @@ class RunPodAccount:
             rate = self.prices.running(
                 gpu["id"], pod.config["cloud"], gpu["count"], pod.config["disk"], pod.volume
             )
-            if self._short_of_money(rate):
-                return problem(402, NO_BALANCE)
+            if refused := self._refuse_money(rate, pod):
+                return refused
             room = self._fits(
                 gpu["id"], pod.config["dataCenterId"], pod.config["cloud"], gpu["count"], pod
             )
@@ -276,14 +284,18 @@ class RunPodAccount:
         free = self._free(gpu_id, dc, cloud, ignore)
         return free is None or free >= count
 
-    def _short_of_money(self, rate: float) -> bool:
-        if self.balance_usd is None:
-            return False
-        return self.balance_usd - self.charged_usd() < rate
+    def _refuse_money(self, rate: float, starting: Pod | None = None) -> Reply | None:
+        if self.balance_usd is not None and self.balance_usd - self.charged_usd() < rate:
+            return problem(402, NO_BALANCE)
+        held = [p for p in self.pods.values() if p.status in HOLDING and p is not starting]
+        limit = self.hourly_limit_usd
+        if limit is not None and sum(map(self._rate, held)) + rate > limit + 1e-9:
+            return problem(400, OVER_LIMIT)
+        return None
 
     def _new_pod(self, body: dict[str, Any], data_center: str, *, boot: bool = True) -> Pod:
         self._counter += 1
-        pod_id = f"fakepod{self._counter:07d}"
+        pod_id, now = f"fakepod{self._counter:07d}", self.clock.now()
         gpu = {"id": body["gpu"]["id"], "count": body["gpu"].get("count", 1)}
         config = {
             "id": pod_id,
@@ -300,10 +312,9 @@ class RunPodAccount:
             "dataCenterId": data_center,
             "locked": False,
             "globalNetworking": bool(body.get("globalNetworking", False)),
-            "createdAt": iso(self.clock.now()),
+            "createdAt": iso(now),
             "startedAt": None,
         }
-        now = self.clock.now()
         pod = Pod(copy.deepcopy(config), "PROVISIONING", gpu["count"], now, self.provision_ticks)
         self.pods[pod_id] = pod
         if boot:

@@ -7,7 +7,8 @@ does not declare, a body that does not fit the schema. It is stricter than the s
 an object schema that lists its properties rejects any other property (with
 `unevaluatedProperties: false`, placed on the outermost schema so that `allOf` compositions keep
 working), so a misspelt field fails in the test instead of being ignored by the cloud.
-`$ref`s are inlined once at load (the spec must have no recursive references).
+`$ref`s are inlined once at load (the spec must have no recursive references), and `allOf`s of
+plain object schemas merged, which validates several times faster.
 
 `LoopbackServer` is real HTTP on 127.0.0.1 in a daemon thread; each request is handed to a
 callback that returns a `Reply` (or `Reply.drop()`: the connection is closed with no answer).
@@ -47,6 +48,36 @@ def _inline(node: Any, root: dict[str, Any]) -> Any:
     if isinstance(node, list):
         return [_inline(v, root) for v in node]
     return node
+
+
+_MERGEABLE = {"type", "properties", "required", "description", "title", "examples", "example"}
+
+
+def flatten(node: Any) -> Any:
+    """allOf of plain object schemas merged into one object (validating the inlined Pod schema
+    gets 5x faster); equivalent, since only properties, required and annotations merge."""
+    if isinstance(node, list):
+        return [flatten(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = {k: flatten(v) for k, v in node.items()}
+    members = node.get("allOf")
+    if not members or not all(isinstance(m, dict) and set(m) <= _MERGEABLE for m in members):
+        return node
+    types = {m.get("type", "object") for m in [node, *members]}
+    if types != {"object"}:
+        return node
+    props: dict[str, Any] = dict(node.get("properties", {}))
+    for m in members:
+        for k, v in m.get("properties", {}).items():
+            props[k] = {"allOf": [props[k], v]} if k in props else v
+    out = {k: v for k, v in node.items() if k != "allOf"}
+    out["type"] = "object"
+    out["properties"] = props
+    required = [r for m in [node, *members] for r in m.get("required", [])]
+    if required:
+        out["required"] = list(dict.fromkeys(required))
+    return out
 
 
 def _declares_properties(node: Any) -> bool:
@@ -106,8 +137,8 @@ class OpenApiSpec:
             for method, op in item.items():
                 if method == "parameters":
                     continue
-                params = _inline(shared + op.get("parameters", []), raw)
-                body = _inline(op.get("requestBody"), raw)
+                params = flatten(_inline(shared + op.get("parameters", []), raw))
+                body = flatten(_inline(op.get("requestBody"), raw))
                 schema = (
                     None if body is None else strict(body["content"]["application/json"]["schema"])
                 )
@@ -120,7 +151,7 @@ class OpenApiSpec:
                         parameters=[{**p, "schema": strict(p["schema"])} for p in params],
                         request_schema=schema,
                         request_required=bool(body and body.get("required")),
-                        responses=_inline(op["responses"], raw),
+                        responses=flatten(_inline(op["responses"], raw)),
                     )
                 )
 
@@ -276,6 +307,7 @@ class LoopbackServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body go out in two writes
 
             def _handle(self) -> None:
                 url = urlsplit(self.path)
