@@ -12,9 +12,11 @@ the daily or monthly budget, never a stop or terminate of a pod whose worker hol
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -28,7 +30,7 @@ from scaler.providers.runpod import RunPodProvider
 from scaler.reconcile import Scaler
 from tests.fake_runpod import FakeRunPod
 from tests.scaler_support import Sleeps, settings
-from tests.test_scaler_runpod import A4000, A4500, RTX3090, fake, rp_settings
+from tests.test_scaler_runpod import A4000, A4500, RTX3090, TEMPLATE, fake, rp_settings
 from tests.worker_helpers import libpq_url
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000a4a0")
@@ -58,11 +60,17 @@ def day_settings(db_url: str, **overrides: Any) -> Settings:
     return settings(**values)
 
 
-def runpod(fake: FakeRunPod, clock: FakeClock, the_settings: Settings) -> RunPodProvider:
+def runpod(
+    fake: FakeRunPod, clock: FakeClock, the_settings: Settings, template: Path
+) -> RunPodProvider:
     return RunPodProvider(
         the_settings,
         rp_settings(
-            fake, gpu_types=[A4000, RTX3090, A4500], clouds=["COMMUNITY", "SECURE"], catalog=True
+            fake,
+            gpu_types=[A4000, RTX3090, A4500],
+            clouds=["COMMUNITY", "SECURE"],
+            catalog=True,
+            template=template,
         ),
         clock=clock,
         sleep=Sleeps(clock),
@@ -169,12 +177,13 @@ def replay_day(
     fake: FakeRunPod,
     clock: FakeClock,
     the_settings: Settings,
+    template: Path,
     *,
     spike: int = 10_000,
     trickle: int = 240,
 ) -> DayFigures:
     rng = random.Random(4)
-    scaler = Scaler(the_settings, runpod(fake, clock, the_settings), clock=clock)
+    scaler = Scaler(the_settings, runpod(fake, clock, the_settings, template), clock=clock)
     workers = Workers(conn, queue, fake)
     figures = DayFigures()
     arrivals: dict[int, int] = {}
@@ -258,10 +267,19 @@ def replay_day(
 
 
 def test_a_day_with_a_10000_job_spike_and_faults_keeps_every_ceiling(
-    fake: FakeRunPod, clock: FakeClock, conn: Connection, db_url: str, queue: Queue
+    fake: FakeRunPod,
+    clock: FakeClock,
+    conn: Connection,
+    db_url: str,
+    queue: Queue,
+    tmp_path: Path,
 ) -> None:
+    # the repo's pod template with a 50 GB persistent volume: billed while the pod is stopped
+    template = json.loads(TEMPLATE.read_text())
+    template["mounts"] = {"persistent": {"size": 50, "path": "/workspace"}}
+    (tmp_path / "pod.json").write_text(json.dumps(template))
     the_settings = day_settings(db_url)
-    figures = replay_day(conn, queue, fake, clock, the_settings)
+    figures = replay_day(conn, queue, fake, clock, the_settings, tmp_path / "pod.json")
     print("\n" + figures.line())
     assert figures.violations == []
     assert fake.violations == []
@@ -279,5 +297,7 @@ def test_a_day_with_a_10000_job_spike_and_faults_keeps_every_ceiling(
     assert any(a["kind"] == "destroy" and a["ok"] for a in replaced)  # ERROR, stuck, zero-GPU
     names = [fake.pod(p)["name"] for p in fake.pods]
     assert len(names) == len(set(names)), "a lost create answer never made a second pod"
-    # the scaler's recorded spend matches the fake's bill
+    stopped = [p for p, s in fake.states().items() if s == "EXITED"]
+    assert stopped and fake.rate_usd_per_hour(stopped[0]) > 0, "stopped disk is billed"
+    # the scaler's recorded spend matches the fake's bill, stopped disk included
     assert figures.recorded_usd == pytest.approx(figures.bill_usd, rel=0.01)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -104,6 +105,7 @@ class RunPodProvider:
             error_text=detail_of,
         )
         self.prices = PriceList(self.rp, self._template)
+        self._stopped_at: dict[str, datetime] = {}  # pods this provider stopped, and when
         self.create_size = self.prices.candidates()[0].size
         self.log = get_logger(provider="runpod")
 
@@ -230,6 +232,7 @@ class RunPodProvider:
         if response.status_code == 409:
             return  # not running (EXITED already): nothing to stop
         self.api.raise_for(response, f"stop pod {machine_id}")
+        self._stopped_at[machine_id] = self._clock.now()  # RunPod says only that it EXITED
 
     def destroy(self, machine_id: str) -> None:
         response = self.api.request(
@@ -289,12 +292,14 @@ class RunPodProvider:
         created = parse_time(pod.get("createdAt"))
         started = parse_time(pod.get("startedAt"))
         since = started if status in ("STARTING", "RUNNING") and started else created
+        if status in ("EXITED", "ERROR"):  # the API has no time for these: ours, or unknown
+            since = self._stopped_at.get(str(pod["id"])) if status == "EXITED" else None
         if status == "RUNNING" and not self.has_gpu(pod):
             state = "failed"  # a zero-GPU resume: it cannot do GPU work
         elif status == "PROVISIONING" and since is not None:
             age = (self._clock.now() - since).total_seconds()
             if age > self.settings.transient_timeout:
-                state = "failed"  # RunPod could not place it; no container runs yet
+                state, since = "failed", None  # RunPod could not place it; no container ran
         gpu = (pod.get("gpu") or {}).get("id") or "?"
         size = f"{pod.get('cloud') or 'SECURE'}/{gpu}"
         cost = float(pod.get("cost") or 0.0)
