@@ -21,6 +21,7 @@ from scaler.providers.base import ProviderError
 from scaler.providers.runpod import FLEET_ENV, RunPodProvider
 from scaler.providers.runpod_settings import RunPodSettings, load_runpod_settings
 from tests.fake_runpod import SPEC_PATH, FakeRunPod
+from tests.fake_runpod_pods import OVER_LIMIT
 from tests.scaler_support import Sleeps, settings
 from tests.spec_support import OpenApiSpec, check
 
@@ -346,3 +347,16 @@ def test_ratelimit_headers_are_read_as_remaining_and_reset(
         rp.list()
     assert fake.count("list") == 6 and all(c.status == 200 for c in fake.calls[-4:])
     assert sleeps.delays and max(sleeps.delays) == pytest.approx(60, abs=1)
+
+
+def test_the_accounts_own_hourly_limit_fails_every_candidate_with_its_detail(
+    fake: FakeRunPod, clock: FakeClock
+) -> None:
+    rp = provider(fake, clock)
+    rp.create("stemfleet-worker-s", 1.0)
+    fake.set_hourly_limit(0.25)  # the first pod takes most of it
+    with pytest.raises(ProviderError) as refused:
+        rp.create("stemfleet-worker-u", 1.0)
+    assert refused.value.kind == "capacity" and len(creates(fake)) == 3  # A4000, then 3090
+    assert f"last detail: {OVER_LIMIT}" in str(refused.value)
+    assert len(fake.pods) == 1
