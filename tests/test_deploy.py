@@ -218,7 +218,7 @@ def test_the_scaler_creates_a_worker_from_the_template_on_a_spec_checked_fly_api
             "STEMFLEET_FLY_REGION": "iad",
         }
         provider = FlyProvider(settings_from(env, monkeypatch), clock=clock, sleep=clock.advance)
-        created = provider.create()
+        created = provider.create("stemfleet-worker-deploy", 10.0)
         fake.tick(3)
         listed = provider.list()
         provider.close()
