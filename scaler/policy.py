@@ -2,26 +2,19 @@
 
 `plan(backlog, fleet, spend, settings, now)` never does I/O and is deterministic (machines are
 taken in id order), so `scaler plan`, `scaler once` and the simulator all run the same code.
-Every action carries a reason. The rules, in the order they apply:
+Every action carries a reason. The rules, in the order they apply (scaler/README.md):
 
-1. Budgets. When today's (or this month's) spend plus the fleet's rate over one scaler interval
-   reaches the budget, nothing starts, every worker is drained (a running job may finish) and
-   drained idle machines stop.
-2. Ceilings. `max_machines` and `max_hourly_usd` count every billed machine (starting, started,
-   stopping). A start must fit both, and must leave the daily and monthly budgets room for
-   `budget_lookahead` at the new rate. A fleet already over a ceiling is drained back under it.
-3. Scale up: the floor (`min_machines`) always; step rules on the queued backlog (a preview
-   weighs `preview_weight` jobs), queued work with no worker at all, or a preview with no idle
-   worker; not within `scale_up_cooldown` of the last scale-up (the floor ignores the cooldown).
-   A draining worker is taken back before a machine is started, a stopped machine is started
-   before a new one is created.
-4. Scale down, only with nothing runnable queued: workers idle longer than `scale_down_idle` are
-   drained (a draining worker claims nothing), not within `scale_down_cooldown` of the last one;
-   a drained worker's machine is stopped by a later run once its worker is seen idle. A machine
-   whose worker holds a job is never stopped.
-5. Repairs: a machine stuck in a transient state longer than `transient_timeout` is reported
-   and not counted as capacity; one that holds no job (stuck booting, no worker ever registered,
-   worker exited or lost) is stopped.
+1. Budgets reached: nothing starts, every worker is drained, drained idle machines stop.
+2. Ceilings: `max_machines` and `max_hourly_usd` count every billed machine (starting, started,
+   stopping, draining ones too) and stopped machines at their stopped price. A start must fit
+   both and leave the budgets room for `budget_lookahead`. A fleet over a ceiling is drained
+   back under it, and no draining worker is taken back while it is over.
+3. Scale up: the floor; step rules on the weighted backlog; queued work with no worker; not
+   within `scale_up_cooldown`. Undrain, then start a stopped machine, then create.
+4. Scale down, only with nothing runnable queued: idle workers drained, stopped once seen idle.
+   A machine whose worker holds a job is never stopped.
+5. Repairs: failed machines are destroyed; a machine stuck in a transient state, whose worker
+   exited or was lost, is stopped if it holds no job (scaler/seeing.py says which is which).
 """
 
 from __future__ import annotations
@@ -29,67 +22,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from app.queue import Worker
 from app.settings import Settings
-from scaler.model import Action, Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.model import Action, Backlog, Fleet, Machine, Plan, Spend
+from scaler.seeing import Slot, age, fmt_duration, hourly_price, see, shown
+
+__all__ = ["fmt_duration", "hourly_price", "plan"]
 
 _EPS = 1e-9
-
-
-def hourly_price(settings: Settings, size: str) -> float:
-    """A size's price; an unknown size is priced as the configured machine size."""
-    prices = settings.machine_prices
-    return prices.get(size, prices[settings.machine_size])
-
-
-def fmt_duration(seconds: float) -> str:
-    """90 -> '1m30s', 600 -> '10m', 3900 -> '1h05m'."""
-    whole = max(0, round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s" if whole % 60 else f"{whole // 60}m"
-    return f"{whole // 3600}h{(whole % 3600) // 60:02d}m"
-
-
-def _age(since: datetime | None, now: datetime) -> float:
-    return (now - since).total_seconds() if since is not None else 0.0
-
-
-def _shown(machine: Machine) -> str:
-    """The machine's state for people: the provider's own name when it differs."""
-    own = machine.provider_state
-    return machine.state if not own or own == machine.state else f"{machine.state} ({own})"
-
-
-def _before_boot(worker: Worker, machine: Machine) -> bool:
-    """A worker row from before the machine's current boot (registered and last heard from
-    before it) belongs to no worker of this boot, whatever its state. Both times must be
-    before the boot, so a live worker of this boot survives clock skew (its heartbeats move on)."""
-    boot = machine.boot
-    return boot is not None and worker.started_at < boot and worker.last_heartbeat_at < boot
-
-
-@dataclass
-class _Slot:
-    """A billed machine and what the policy concluded about it."""
-
-    fm: FleetMachine
-    role: str  # booting | idle | busy | draining_idle | draining_busy | stuck | lost | exited
-    note: str = ""
-
-    @property
-    def machine(self) -> Machine:
-        return self.fm.machine
-
-    @property
-    def holds_job(self) -> bool:
-        worker = self.fm.worker
-        return worker is not None and (worker.current_job_id is not None or worker.state == "busy")
-
-    @property
-    def capacity(self) -> bool:
-        return self.role in ("booting", "idle", "busy")
 
 
 @dataclass
@@ -101,7 +40,7 @@ class _Planner:
     now: datetime
     actions: list[Action] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    slots: list[_Slot] = field(default_factory=list)
+    slots: list[Slot] = field(default_factory=list)
     startable: list[Machine] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     stopping: set[str] = field(default_factory=set)
@@ -111,66 +50,13 @@ class _Planner:
 
     # --- seeing ---------------------------------------------------------------------------
     def classify(self) -> None:
-        timeout = self.settings.transient_timeout
-        for fm in self.fleet.sorted():
-            machine, worker = fm.machine, fm.worker
-            if machine.state == "gone":
-                continue
-            self.parked_usd += 0.0 if machine.billed else machine.stopped_hourly_usd
-            if machine.state == "failed":
-                self.failed.append(machine)
-                continue
-            if machine.state == "stopped":
-                self.startable.append(machine)
-                continue
-            age = _age(machine.state_since, self.now)
-            if machine.state == "stopping":
-                if age > timeout:
-                    self.stuck.append(machine.id)
-                    self.notes.append(
-                        f"machine {machine.id} stuck in {_shown(machine)} for {fmt_duration(age)}"
-                    )
-                self.slots.append(_Slot(fm, "going_down"))
-                continue
-            if worker is not None and _before_boot(worker, machine):
-                worker = None  # a row of an earlier boot: no worker of this boot registered yet
-                fm = FleetMachine(machine)
-            if worker is not None and worker.state == "stopped":
-                self.slots.append(_Slot(fm, "exited", "its worker exited"))
-                continue
-            if worker is None or (
-                machine.state == "starting" and worker.state not in ("idle", "busy")
-            ):
-                if age > timeout:
-                    what = (
-                        f"stuck in {_shown(machine)}"
-                        if machine.state == "starting"
-                        else "no worker registered"
-                    )
-                    self.stuck.append(machine.id)
-                    self.notes.append(f"machine {machine.id} {what} for {fmt_duration(age)}")
-                    self.slots.append(_Slot(fm, "stuck", f"{what} for {fmt_duration(age)}"))
-                else:
-                    self.slots.append(_Slot(fm, "booting"))
-                continue
-            silent = _age(worker.last_heartbeat_at, self.now)
-            if worker.state == "lost" or silent > timeout:
-                self.notes.append(
-                    f"machine {machine.id}: worker {worker.id} lost, no heartbeat for "
-                    f"{fmt_duration(silent)}"
-                )
-                self.slots.append(
-                    _Slot(fm, "lost", f"worker lost, no heartbeat for {fmt_duration(silent)}")
-                )
-                continue
-            busy = worker.current_job_id is not None or worker.state == "busy"
-            if worker.draining:
-                self.slots.append(_Slot(fm, "draining_busy" if busy else "draining_idle"))
-            else:
-                self.slots.append(_Slot(fm, "busy" if busy else "idle"))
+        seen = see(self.fleet, self.settings, self.now)
+        self.slots, self.startable, self.failed = seen.slots, seen.startable, seen.failed
+        self.stuck, self.parked_usd = seen.stuck, seen.parked_usd
+        self.notes.extend(seen.notes)
 
     @property
-    def capacity(self) -> list[_Slot]:
+    def capacity(self) -> list[Slot]:
         return [s for s in self.slots if s.capacity]
 
     def hourly(self) -> float:
@@ -184,7 +70,7 @@ class _Planner:
         if action.kind == "stop" and action.machine_id:
             self.stopping.add(action.machine_id)
 
-    def stop(self, slot: _Slot, reason: str, direction: str) -> None:
+    def stop(self, slot: Slot, reason: str, direction: str) -> None:
         if slot.holds_job or slot.machine.id in self.stopping:
             return
         worker = slot.fm.worker
@@ -200,7 +86,7 @@ class _Planner:
             )
         )
 
-    def drain(self, slot: _Slot, reason: str) -> None:
+    def drain(self, slot: Slot, reason: str) -> None:
         worker = slot.fm.worker
         assert worker is not None
         self.add(
@@ -221,7 +107,7 @@ class _Planner:
             self.add(
                 Action(
                     "destroy",
-                    f"machine {machine.id} is {_shown(machine)}: it cannot come back",
+                    f"machine {machine.id} is {shown(machine)}: it cannot come back",
                     "repair",
                     machine_id=machine.id,
                     size=machine.size,
@@ -232,7 +118,7 @@ class _Planner:
             if slot.role in ("stuck", "lost", "exited"):
                 if (
                     slot.role == "lost"
-                    and _age(slot.fm.worker.last_heartbeat_at if slot.fm.worker else None, self.now)
+                    and age(slot.fm.worker.last_heartbeat_at if slot.fm.worker else None, self.now)
                     <= self.settings.transient_timeout
                 ):
                     continue  # reaped or slow: give it the transient timeout to come back
@@ -328,7 +214,7 @@ class _Planner:
         if backlog.queued_previews > 0 and free == 0 and want < 1:
             want, reasons = 1, [f"{backlog.queued_previews} preview(s) queued and no idle worker"]
         if want and self.fleet.last_scale_up_at is not None:
-            left = s.scale_up_cooldown - _age(self.fleet.last_scale_up_at, self.now)
+            left = s.scale_up_cooldown - age(self.fleet.last_scale_up_at, self.now)
             if left > 0:
                 self.notes.append(
                     f"scale-up cooldown: {fmt_duration(left)} left ({'; '.join(reasons)})"
@@ -445,19 +331,19 @@ class _Planner:
             for x in self.slots
             if x.role == "idle"
             and x.fm.worker is not None
-            and _age(x.fm.worker.idle_since, self.now) >= s.scale_down_idle
+            and age(x.fm.worker.idle_since, self.now) >= s.scale_down_idle
         ]
         removable = len(self.capacity) - s.min_machines
         if not idle_long or removable <= 0:
             return
         if self.fleet.last_scale_down_at is not None:
-            left = s.scale_down_cooldown - _age(self.fleet.last_scale_down_at, self.now)
+            left = s.scale_down_cooldown - age(self.fleet.last_scale_down_at, self.now)
             if left > 0:
                 self.notes.append(f"scale-down cooldown: {fmt_duration(left)} left")
                 return
         for slot in idle_long[:removable]:
             assert slot.fm.worker is not None
-            idle = _age(slot.fm.worker.idle_since, self.now)
+            idle = age(slot.fm.worker.idle_since, self.now)
             self.drain(
                 slot,
                 f"idle {fmt_duration(idle)} >= scale_down_idle "

@@ -17,15 +17,15 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
-from openapi_schema_validator import OAS30Validator
 
 from app.clock import FakeClock
+from tests.openapi_check import LoopbackServer, SpecChecker
 
 SPEC_PATH = Path(__file__).parent / "data" / "fly-machines-openapi.yaml"
 SHARED_SPEC_PATH = (
@@ -37,18 +37,6 @@ API_PREFIX = "/v1"
 def load_spec() -> dict[str, Any]:
     spec: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
     return spec
-
-
-def _strict(node: Any) -> Any:
-    """additionalProperties: false on every object schema that lists its properties."""
-    if isinstance(node, dict):
-        out = {k: _strict(v) for k, v in node.items()}
-        if "properties" in out and "additionalProperties" not in out:
-            out["additionalProperties"] = False
-        return out
-    if isinstance(node, list):
-        return [_strict(v) for v in node]
-    return node
 
 
 @dataclass
@@ -77,14 +65,6 @@ class Fault:
 
 
 @dataclass
-class _Operation:
-    method: str
-    template: str
-    regex: re.Pattern[str]
-    op: dict[str, Any]
-
-
-@dataclass
 class _Machine:
     data: dict[str, Any]
     boot_left: int = 0
@@ -92,7 +72,7 @@ class _Machine:
     stop_left: int = 0
 
 
-class FakeFly:
+class FakeFly(LoopbackServer):
     def __init__(
         self,
         clock: FakeClock,
@@ -104,8 +84,7 @@ class FakeFly:
         self.clock = clock
         self.app, self.token, self.boot_ticks = app, token, boot_ticks
         self.spec = load_spec()
-        self.components = _strict(self.spec["components"])
-        self.operations = self._operations()
+        self.checker = SpecChecker(self.spec)
         self.machines: dict[str, _Machine] = {}
         self.calls: list[Call] = []
         self.violations: list[str] = []
@@ -121,46 +100,12 @@ class FakeFly:
         self.list_entered = threading.Event()
         self._counter = 0
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self) -> str:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake._serve(self, "get")
-
-            def do_POST(self) -> None:
-                fake._serve(self, "post")
-
-            def do_DELETE(self) -> None:
-                fake._serve(self, "delete")
-
-            def do_PUT(self) -> None:
-                fake._serve(self, "put")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self.url
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
     def stop(self) -> None:
         if self.list_gate is not None:
             self.list_gate.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        super().stop()
 
     # --- faults and time ------------------------------------------------------------------
     def fail(
@@ -301,20 +246,6 @@ class FakeFly:
             self._set_state(machine, "stopped")
 
     # --- HTTP -----------------------------------------------------------------------------
-    def _operations(self) -> list[_Operation]:
-        ops = []
-        for template, item in self.spec["paths"].items():
-            pattern = re.sub(r"\{([^}]+)\}", r"(?P<\1>[^/]+)", template)
-            for method, op in item.items():
-                ops.append(_Operation(method, template, re.compile(f"^{pattern}$"), op))
-        return ops
-
-    def _validator(self, schema: dict[str, Any]) -> OAS30Validator:
-        return OAS30Validator({**_strict(schema), "components": self.components})
-
-    def _check(self, schema: dict[str, Any], value: Any, what: str) -> list[str]:
-        return [f"{what}: {e.message}" for e in self._validator(schema).iter_errors(value)]
-
     def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         url = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -369,18 +300,13 @@ class FakeFly:
         if not path.startswith(API_PREFIX):
             self.violations.append(f"{method.upper()} {path}: not under {API_PREFIX}")
             return 404, {"error": "not found"}, {}, None
-        found = None
-        for op in self.operations:
-            match = op.regex.match(path[len(API_PREFIX) :])
-            if match and op.method == method:
-                found = (op, match.groupdict())
-                break
+        found = self.checker.find(method, path[len(API_PREFIX) :])
         if found is None:
             self.violations.append(f"{method.upper()} {path}: no such operation in the spec")
             return 404, {"error": "not found"}, {}, None
         op, params = found
         name = op.op["operationId"]
-        problems += self._check_request(op, params, query, body)
+        problems += self.checker.request_problems(op, params, query, body)
         if problems:
             self.violations.extend(f"{name}: {p}" for p in problems)
             return 400, {"error": "; ".join(problems)}, {}, name
@@ -401,36 +327,8 @@ class FakeFly:
         with self._lock:
             status, payload = self._operate(name, params, query, body)
         if status == 200 and payload is not None:
-            schema = op.op["responses"]["200"].get("content", {}).get("application/json", {})
-            if "schema" in schema:
-                self.violations.extend(self._check(schema["schema"], payload, f"{name} response"))
+            self.violations.extend(self.checker.response_problems(op, status, payload))
         return status, payload, {}, name
-
-    def _check_request(
-        self, op: _Operation, params: dict[str, str], query: dict[str, str], body: Any
-    ) -> list[str]:
-        problems = []
-        declared = {p["name"]: p for p in op.op.get("parameters", [])}
-        for key, value in query.items():
-            param = declared.get(key)
-            if param is None or param["in"] != "query":
-                problems.append(f"query parameter {key!r} is not in the spec")
-                continue
-            problems += self._check(param["schema"], _coerce(value, param["schema"]), key)
-        for param in declared.values():
-            if param.get("required") and param["in"] == "query" and param["name"] not in query:
-                problems.append(f"missing required query parameter {param['name']!r}")
-        request = op.op.get("requestBody")
-        if request is None:
-            if body is not None:
-                problems.append("this operation takes no body")
-        elif body is None:
-            if request.get("required"):
-                problems.append("a body is required")
-        else:
-            schema = request["content"]["application/json"]["schema"]
-            problems += self._check(schema, body, "body")
-        return problems
 
     def _operate(
         self, name: str, params: dict[str, str], query: dict[str, str], body: Any
@@ -493,15 +391,3 @@ class FakeFly:
             self.clock.advance(float(query.get("timeout", 60)))
             return 408, {"error": f"deadline_exceeded: machine is {state}, not {wanted}"}
         return 501, {"error": f"{name} is not implemented by the fake"}
-
-
-def _coerce(value: str, schema: dict[str, Any]) -> Any:
-    kind = schema.get("type")
-    if kind == "integer":
-        try:
-            return int(value)
-        except ValueError:
-            return value
-    if kind == "boolean":
-        return {"true": True, "false": False}.get(value, value)
-    return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -10,6 +11,10 @@ from app.clock import FakeClock
 from app.queue import Worker
 from app.settings import Settings, load_settings
 from scaler.model import Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.providers.fly import FlyProvider
+from scaler.reconcile import Scaler
+from tests.fake_fly import FakeFly
+from tests.worker_helpers import libpq_url
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 PRICE = 0.3556  # performance-8x
@@ -183,3 +188,45 @@ class Sleeps:
     def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
         self.clock.advance(seconds)
+
+
+def fly_settings(fake: FakeFly, db_url: str = "", **overrides: Any) -> Settings:
+    """Settings for the Fly provider talking to `fake` (and the database at `db_url`)."""
+    return settings(
+        provider="fly",
+        fly_api_url=fake.url,
+        fly_api_token=fake.token,
+        fly_app=fake.app,
+        database_url=libpq_url(db_url) if db_url else "",
+        **overrides,
+    )
+
+
+def fly_scaler(fake: FakeFly, clock: FakeClock, db_url: str, **overrides: Any) -> Scaler:
+    """A scaler on the fake Fly whose waits move the fake clock instead of sleeping."""
+    the_settings = fly_settings(fake, db_url, **overrides)
+    fly = FlyProvider(
+        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(5)
+    )
+    return Scaler(the_settings, fly, database_url=db_url, clock=clock)
+
+
+def apply_plan(result: Plan, the_fleet: Fleet) -> Fleet:
+    """The fleet as the next run sees it, the world standing still otherwise: drains and
+    undrains applied, stopped machines stopped (their workers gone), started ones started."""
+    flips = {a.machine_id: a.kind == "drain" for a in result.of_kind("drain", "undrain")}
+    stopped = {a.machine_id for a in result.of_kind("stop", "destroy")}
+    started = {a.machine_id for a in result.of_kind("start")}
+    items = []
+    for fm in the_fleet.machines:
+        m, w = fm.machine, fm.worker
+        if m.id in stopped:
+            items.append(FleetMachine(machine(m.id, "stopped", since=0, price=m.hourly_usd)))
+            continue
+        if m.id in started:
+            m = machine(m.id, "started", since=0, price=m.hourly_usd)
+        if w is not None and m.id in flips:
+            busy = w.current_job_id is not None or w.state == "busy"
+            w = worker(m.id, w.state, draining=flips[m.id], job=busy)
+        items.append(FleetMachine(m, w))
+    return fleet(*items, create_size=the_fleet.create_size)

@@ -4,9 +4,7 @@ with its previous boot's worker row."""
 
 from __future__ import annotations
 
-import random
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,27 +12,22 @@ import pytest
 from app.clock import FakeClock
 from app.db import Connection
 from app.queue import Queue
-from scaler.model import Fleet, FleetMachine, Plan
+from scaler.model import Fleet, FleetMachine
 from scaler.policy import plan
-from scaler.providers.fly import FlyProvider
-from scaler.reconcile import Scaler
 from tests.fake_fly import FakeFly
-from tests.scaler_support import NOW, TEMPLATE, backlog, fleet, machine, settings, spend, worker
-from tests.worker_helpers import libpq_url
+from tests.scaler_support import (
+    NOW,
+    apply_plan,
+    backlog,
+    fleet,
+    fly_scaler,
+    machine,
+    settings,
+    spend,
+    worker,
+)
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f2")
-
-
-def after(result: Plan, the_fleet: Fleet) -> Fleet:
-    """The fleet as the next run sees it: drains and undrains applied (jobs still running)."""
-    flips = {a.machine_id: a.kind == "drain" for a in result.of_kind("drain", "undrain")}
-    items = []
-    for fm in the_fleet.machines:
-        w = fm.worker
-        if w is not None and fm.machine.id in flips:
-            w = worker(fm.machine.id, w.state, draining=flips[fm.machine.id], job=True)
-        items.append(FleetMachine(fm.machine, w))
-    return fleet(*items)
 
 
 def kept(the_fleet: Fleet) -> list[str]:
@@ -56,7 +49,7 @@ def test_a_fleet_over_a_lowered_ceiling_gets_back_under_it_while_work_is_queued(
     for _ in range(4):  # every round: the excess stays drained, none is taken back
         result = plan(queued, the_fleet, spend(), the_settings, NOW)
         assert result.of_kind("undrain", "start", "create") == [], result.actions
-        the_fleet = after(result, the_fleet)
+        the_fleet = apply_plan(result, the_fleet)
         assert len(kept(the_fleet)) <= kept_at_most
 
 
@@ -84,30 +77,6 @@ def test_a_restarted_machine_is_not_judged_by_its_previous_boots_worker(state: s
 # --- creates whose answer is lost (real HTTP, the fake Fly server) ------------------------------
 
 
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeFly]:
-    server = FakeFly(clock)
-    server.start()
-    yield server
-    server.stop()
-
-
-def fly_scaler(fake: FakeFly, clock: FakeClock, db_url: str, **overrides: Any) -> Scaler:
-    the_settings = settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(db_url),
-        fly_max_retries=5,
-        **overrides,
-    )
-    fly = FlyProvider(
-        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(5)
-    )
-    return Scaler(the_settings, fly, database_url=db_url, clock=clock)
-
-
 @pytest.mark.parametrize("lost", [500, 502, None], ids=["500", "502", "connection dropped"])
 def test_a_create_whose_answer_is_lost_makes_one_machine_not_one_per_retry(
     fake: FakeFly,
@@ -117,7 +86,7 @@ def test_a_create_whose_answer_is_lost_makes_one_machine_not_one_per_retry(
     queue: Queue,
     lost: int | None,
 ) -> None:
-    scaler = fly_scaler(fake, clock, db_url, max_machines=5, max_hourly_usd=2.0)
+    scaler = fly_scaler(fake, clock, db_url, max_machines=5, max_hourly_usd=2.0, fly_max_retries=5)
     for i in range(3):
         queue.enqueue(conn, user_id=USER, input_key=f"inputs/{i}.wav")
     fake.lose_create_answers(times=6, status=lost)

@@ -5,20 +5,15 @@ in test_scaler_local.py.)"""
 
 from __future__ import annotations
 
-import random
 import uuid
-from collections.abc import Iterator
 
 import pytest
 
 from app.clock import FakeClock
 from app.db import Connection
 from app.queue import Queue
-from scaler.providers.fly import FlyProvider
-from scaler.reconcile import Scaler
 from tests.fake_fly import FakeFly
-from tests.scaler_support import TEMPLATE, settings
-from tests.worker_helpers import libpq_url
+from tests.scaler_support import fly_scaler
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f3")
 LEASE = 600.0
@@ -72,30 +67,11 @@ def test_a_worker_registered_after_the_provider_was_asked_is_not_released(
     assert queue.get(conn, job.id).status == "running"
 
 
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeFly]:
-    server = FakeFly(clock)
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.mark.parametrize("death", ["stopped", "failed", "destroyed"])
 def test_the_scaler_releases_the_job_of_a_worker_whose_machine_went_down(
     fake: FakeFly, clock: FakeClock, conn: Connection, db_url: str, queue: Queue, death: str
 ) -> None:
-    the_settings = settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(db_url),
-        scale_rules="10:1",
-    )
-    fly = FlyProvider(
-        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(1)
-    )
-    scaler = Scaler(the_settings, fly, database_url=db_url, clock=clock)
+    scaler = fly_scaler(fake, clock, db_url, scale_rules="10:1")
     machine_id = fake.add_machine("started")
     worker = queue.register_worker(conn, machine_id=machine_id, provider="fly")
     job, _ = queue.enqueue(conn, user_id=USER, input_key="inputs/d.wav")

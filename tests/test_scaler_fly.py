@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,24 +17,14 @@ from app.clock import FakeClock
 from app.db import Connection
 from app.errors import ConfigError
 from app.queue import Queue
-from app.settings import Settings
 from scaler.providers.base import ProviderError
 from scaler.providers.fly import FlyProvider, load_template
 from scaler.providers.http import TokenBucket, backoff_delay, retry_after_seconds
 from scaler.reconcile import Scaler
 from tests.fake_fly import SHARED_SPEC_PATH, SPEC_PATH, FakeFly
-from tests.scaler_support import TEMPLATE, settings
-from tests.worker_helpers import libpq_url
+from tests.scaler_support import TEMPLATE, fly_settings, settings
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f1")
-
-
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeFly]:
-    server = FakeFly(clock)
-    server.start()
-    yield server
-    server.stop()
 
 
 class Sleeps:
@@ -47,17 +36,6 @@ class Sleeps:
     def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
         self.clock.advance(seconds)
-
-
-def fly_settings(fake: FakeFly, db_url: str = "", **overrides: Any) -> Settings:
-    return settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(db_url) if db_url else "",
-        **overrides,
-    )
 
 
 def provider(fake: FakeFly, clock: FakeClock, sleeps: Sleeps, **overrides: Any) -> FlyProvider:
@@ -373,7 +351,7 @@ def test_a_busy_worker_is_never_stopped_even_if_it_took_a_job_after_the_plan(
     queue.drain_worker(conn, worker.id, False)
     queue.enqueue(conn, user_id=USER, input_key="inputs/late.wav")
     assert queue.claim(conn, worker.id, lease=60)
-    results = scaler.act(conn, plan)
+    results = scaler.actor.act(conn, plan)
     assert [(r.action.kind, r.ok) for r in results] == [("stop", False)]
     assert "took a job" in results[0].detail
     assert fake.states()[machine_id] == "started"

@@ -18,23 +18,21 @@ from app.queue import Queue, Worker
 from app.settings import Settings
 from scaler.model import FleetMachine
 from scaler.policy import plan
-from scaler.providers.fly import FlyProvider
-from scaler.reconcile import Scaler
 from scaler.simulate import SimModel, builtin_day, simulate_policy
 from tests.fake_fly import FakeFly
 from tests.scaler_support import (
     NOW,
     PRICE,
-    TEMPLATE,
+    apply_plan,
     backlog,
     check_plan,
     fleet,
+    fly_scaler,
     machine,
     settings,
     spend,
     worker,
 )
-from tests.worker_helpers import libpq_url
 
 PROPERTY_USER = uuid.UUID("00000000-0000-4000-8000-0000000005f4")
 
@@ -229,12 +227,10 @@ def test_runs_against_a_faulty_fly_keep_the_ceilings_and_make_one_machine_per_cr
     fake.start()
     max_machines = data.draw(st.integers(1, 4), label="max_machines")
     max_hourly = data.draw(st.sampled_from([0.4, 0.75, 1.1, 2.0]), label="max_hourly_usd")
-    the_settings = settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(url),
+    scaler = fly_scaler(
+        fake,
+        clock,
+        url,
         max_machines=max_machines,
         max_hourly_usd=max_hourly,
         min_machines=data.draw(st.integers(0, 1), label="min_machines"),
@@ -244,10 +240,6 @@ def test_runs_against_a_faulty_fly_keep_the_ceilings_and_make_one_machine_per_cr
         transient_timeout=180,
         fly_max_retries=3,
     )
-    fly = FlyProvider(
-        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(1)
-    )
-    scaler = Scaler(the_settings, fly, database_url=url, clock=clock)
     try:
         with connect(url) as conn:
             world = World(fake, queue, conn)
@@ -307,27 +299,6 @@ def test_runs_against_a_faulty_fly_keep_the_ceilings_and_make_one_machine_per_cr
                 world.step(data)
     finally:
         fake.stop()
-
-
-def apply_plan(result: Any, the_fleet: Any) -> Any:
-    """The fleet as the next run sees it, the world standing still otherwise: drains and
-    undrains applied, stopped machines stopped (their workers gone), started ones started."""
-    flips = {a.machine_id: a.kind == "drain" for a in result.of_kind("drain", "undrain")}
-    stopped = {a.machine_id for a in result.of_kind("stop", "destroy")}
-    started = {a.machine_id for a in result.of_kind("start")}
-    items = []
-    for fm in the_fleet.machines:
-        m, w = fm.machine, fm.worker
-        if m.id in stopped:
-            items.append(FleetMachine(machine(m.id, "stopped", since=0, price=m.hourly_usd)))
-            continue
-        if m.id in started:
-            m = machine(m.id, "started", since=0, price=m.hourly_usd)
-        if w is not None and m.id in flips:
-            busy = w.current_job_id is not None or w.state == "busy"
-            w = worker(m.id, w.state, draining=flips[m.id], job=busy)
-        items.append(FleetMachine(m, w))
-    return fleet(*items, create_size=the_fleet.create_size)
 
 
 @hyp_settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])

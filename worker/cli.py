@@ -36,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the model runs (default: STEMFLEET_DEVICE, auto-detected)",
     )
     parser.add_argument(
-        "--machine-id", help="id registered in `workers` (default: FLY_MACHINE_ID or host name)"
+        "--machine-id",
+        help="id registered in `workers` (default: FLY_MACHINE_ID, RUNPOD_POD_ID or host name)",
     )
     parser.add_argument(
         "--idle-exit",
