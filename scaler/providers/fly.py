@@ -154,7 +154,6 @@ class FlyProvider:
             rng=rng,
             rate=rate,
             burst=burst,
-            error_text=_error_text,
         )
         self.log = get_logger(provider="fly", app=self.app)
 
@@ -205,18 +204,18 @@ class FlyProvider:
             self.log.warning("fly_machine_adopted", machine_id=adopted.id, name=name)
             return adopted
         if response.status_code == 409 or (
-            response.status_code >= 400 and "already exists" in _error_text(response)
+            response.status_code >= 400 and "already exists" in response_text(response)
         ):
             adopted = self._named(name)  # our own earlier try made it
             if adopted is not None:
                 self.log.warning("fly_machine_adopted", machine_id=adopted.id, name=name)
                 return adopted
         if response.status_code >= 400:
-            text = _error_text(response)
+            text = response_text(response)
             raise ProviderError(
                 f"Fly refused to create a machine (HTTP {response.status_code}): {text}",
                 kind="capacity"
-                if response.status_code == 412 or _no_capacity(response, text)
+                if response.status_code == 412 or _no_capacity(text)
                 else "rejected",
                 status=response.status_code,
             )
@@ -231,10 +230,10 @@ class FlyProvider:
         response = self.api.request(
             "POST", f"/machines/{machine_id}/start", action="start", key=machine_id
         )
-        if response.status_code >= 400 and _no_capacity(response, _error_text(response)):
+        if response.status_code >= 400 and _no_capacity(response_text(response)):
             raise ProviderError(
                 f"Fly could not start machine {machine_id} for lack of capacity on its host: "
-                f"{_error_text(response)}",
+                f"{response_text(response)}",
                 kind="capacity",
                 status=response.status_code,
             )
@@ -310,11 +309,7 @@ def _guest_size(guest: dict[str, Any]) -> str | None:
     return f"shared-cpu-{cpus}x" if kind == "shared" else f"{kind}-{cpus}x"
 
 
-def _error_text(response: httpx.Response) -> str:
-    return response_text(response)
-
-
-def _no_capacity(response: httpx.Response, text: str) -> bool:
+def _no_capacity(text: str) -> bool:
     """Fly answers a create or start it has no room for with 412 insufficient_capacity."""
     return "capacity" in text.lower()
 
@@ -324,7 +319,7 @@ def _raise_for(response: httpx.Response, what: str) -> None:
         return
     kind = "not_found" if response.status_code == 404 else "rejected"
     raise ProviderError(
-        f"Fly API could not {what}: HTTP {response.status_code}: {_error_text(response)}",
+        f"Fly API could not {what}: HTTP {response.status_code}: {response_text(response)}",
         kind=kind,
         status=response.status_code,
     )
