@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     model: str = "htdemucs"
     model_repo: Path | None = None  # a local folder of Demucs weights (air-gapped machines)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    require_gpu: bool = False  # a GPU worker: exit (reason on its row) when CUDA is unusable
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = Field(0, ge=0)  # segments per forward pass; 0 = from free memory
     # queued jobs separated together, their segments sharing forward passes; 0 = 1 where a

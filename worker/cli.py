@@ -1,7 +1,8 @@
 """`stemfleet worker` and `python -m worker`: run the worker loop until stopped or idle.
 
 Exit status 0 on every orderly end (SIGINT/SIGTERM, idle exit, drained by the scaler), so a
-machine whose restart policy is `no` stops for good; 1 when it cannot start (database, model).
+machine whose restart policy is `no` stops for good; 1 when it cannot start (database, model);
+3 when it is a GPU worker without a usable GPU (worker/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -82,11 +83,14 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 def run_worker(args: argparse.Namespace) -> int:
     from app.log import configure
+    from worker.gpu_check import refuse_without_gpu
     from worker.loop import Worker
     from worker.runtime import SignalRelay
 
     settings = settings_for(args)
     configure(settings.log_level, settings.log_json)
+    if refused := refuse_without_gpu(settings):
+        return refused  # a GPU worker without a usable GPU: the reason is on its workers row
     worker = Worker(settings, prefetch=not args.no_prefetch)
 
     def on_signal(signum: int) -> None:

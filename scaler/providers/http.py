@@ -7,7 +7,8 @@
 - **Retry an idempotent call** (list, start, stop, wait, destroy...) on 429, 5xx and transport
   errors, up to `max_retries` times, with exponential backoff and jitter, honouring `Retry-After`
   (seconds or an HTTP date) or an IETF `RateLimit`/`RateLimit-Reset` reset time (tenacity, with
-  the injected sleep, clock and random source, so tests never sleep).
+  the injected sleep, clock and random source, so tests never sleep). A `RateLimit` window with
+  no requests left holds every request back until its reset, so the quota is kept, not hit.
 - **Never resend a create that may have been processed**: a create (`creates=True`) is retried
   only when it surely was not: a 429, or a connection that was never made. A 5xx, a timeout or a
   connection broken after the request went out raise `ProviderError(kind="unknown_outcome")`:
@@ -38,7 +39,7 @@ Sleep = Callable[[float], None]
 MAX_RETRY_AFTER = 120.0
 # The request surely never reached the server: safe to resend even a create.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
-_RATELIMIT_RESET = re.compile(r"(?:^|[;,\s])(?:reset|r)=(\d+(?:\.\d+)?)")
+_PARAM = re.compile(r"(\w+)=(\d+(?:\.\d+)?)")
 
 
 class TokenBucket:
@@ -79,17 +80,29 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+def exhausted_for(value: str | None) -> float | None:
+    """Seconds until a rate-limit window with no requests left resets, from an IETF RateLimit
+    header: one member per window, `"minute";r=0;t=12, "hour";r=2800;t=1812` (r requests
+    remaining, t seconds to its reset), or the older `limit=10, remaining=0, reset=5`. None
+    when every window has requests left."""
+    text = value or ""
+    waits = []
+    for member in [text] if "remaining=" in text else text.split(","):
+        params = dict(_PARAM.findall(member))
+        left, reset = params.get("r", params.get("remaining")), params.get("t", params.get("reset"))
+        if left is not None and reset is not None and float(left) <= 0:
+            waits.append(min(float(reset), MAX_RETRY_AFTER))
+    return max(waits) if waits else None
+
+
 def wait_hint(headers: Mapping[str, str], now: datetime) -> float | None:
-    """How long the server asks us to wait: Retry-After, else the reset of an IETF RateLimit
-    header (`RateLimit: limit=10, remaining=0, reset=5` or `RateLimit-Reset: 5`)."""
+    """How long the server asks us to wait: Retry-After, else `RateLimit-Reset`, else the
+    reset of an exhausted window in an IETF RateLimit header (exhausted_for)."""
     after = retry_after_seconds(headers.get("Retry-After"), now)
     if after is not None:
         return after
-    reset = headers.get("RateLimit-Reset")
-    if reset is None:
-        match = _RATELIMIT_RESET.search(headers.get("RateLimit", ""))
-        reset = match.group(1) if match else None
-    return retry_after_seconds(reset, now)
+    reset = retry_after_seconds(headers.get("RateLimit-Reset"), now)
+    return reset if reset is not None else exhausted_for(headers.get("RateLimit"))
 
 
 class _Retryable(Exception):
@@ -140,18 +153,30 @@ class ApiClient:
         self.rate, self.burst = rate, burst
         self.error_text = error_text or response_text
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
+        self._not_before = 0.0  # monotonic: a RateLimit window had no requests left until then
         self._client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
         self.log = get_logger(provider=provider)
 
     def close(self) -> None:
         self._client.close()
 
+    def raise_for(self, response: httpx.Response, what: str) -> None:
+        """A ProviderError for an error answer (kind not_found for 404, else rejected)."""
+        if response.status_code < 400:
+            return
+        raise ProviderError(
+            f"{self.provider} API could not {what}: HTTP {response.status_code}: "
+            f"{self.error_text(response)}",
+            kind="not_found" if response.status_code == 404 else "rejected",
+            status=response.status_code,
+        )
+
     def _throttle(self, action: str, key: str) -> None:
         bucket = self._buckets.get((action, key))
         if bucket is None:
             bucket = TokenBucket(self.rate, self.burst, self.clock.monotonic)
             self._buckets[(action, key)] = bucket
-        delay = bucket.take()
+        delay = max(bucket.take(), self._not_before - self.clock.monotonic())
         if delay > 0:
             self.sleep(delay)
 
@@ -190,6 +215,9 @@ class ApiClient:
                     raise _unknown(what, type(exc).__name__) from exc
                 raise _Retryable(type(exc).__name__, kind="unreachable", detail=str(exc)) from exc
             status = response.status_code
+            exhausted = exhausted_for(response.headers.get("RateLimit"))
+            if exhausted is not None:  # respect the quota before it answers 429
+                self._not_before = self.clock.monotonic() + exhausted
             if status == 429 or (status >= 500 and not creates):
                 raise _Retryable(
                     f"HTTP {status}",
