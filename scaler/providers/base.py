@@ -34,10 +34,12 @@ scaler then destroys the machine and creates a new one instead of retrying it ev
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import Any, Literal, Protocol
 
-from app.errors import StemfleetError
+from app.errors import ConfigError, StemfleetError
 from scaler.model import Machine, MachineState
 
 __all__ = ["Machine", "MachineState", "Price", "Provider", "ProviderError"]
@@ -117,3 +119,20 @@ class Provider(Protocol):
     def close(self) -> None:
         """Release connections; machines keep running."""
         ...
+
+
+def read_template(
+    path: Path | None, default: Path, variable: str, noun: str, what: str
+) -> tuple[Any, Path]:
+    """A provider's JSON template (what every create starts from): `path`, else `default` in the
+    working folder or the repository. Errors name `variable` and the `noun`, and say what to do."""
+    if path is None:
+        root = Path(__file__).resolve().parents[2]
+        candidates = [Path.cwd() / default, root / default]
+        path = next((p for p in candidates if p.is_file()), candidates[0])
+    if not path.is_file():
+        raise ConfigError(f"{variable}: no {noun} at {path}: {what}")
+    try:
+        return json.loads(path.read_text()), path
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{variable}: {path} is not valid JSON: {exc}") from None

@@ -13,7 +13,6 @@ capacity is reported as such so the scaler replaces the machine.
 from __future__ import annotations
 
 import copy
-import json
 import random
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +26,7 @@ from app.log import get_logger
 from app.settings import Settings
 from scaler.model import Machine, MachineState
 from scaler.policy import hourly_price
-from scaler.providers.base import Price, ProviderError
+from scaler.providers.base import Price, ProviderError, read_template
 from scaler.providers.http import ApiClient, Sleep, response_text
 
 ROLE_KEY = "stemfleet_role"
@@ -84,21 +83,14 @@ def booted_at(item: dict[str, Any]) -> datetime | None:
 def load_template(settings: Settings) -> dict[str, Any]:
     """The machine template as a CreateMachineRequest: a JSON file holding either a whole
     request ({"config": {...}, "region": ...}) or just the MachineConfig."""
-    path = settings.machine_template
-    if path is None:
-        root = Path(__file__).resolve().parents[2]
-        candidates = [Path.cwd() / DEFAULT_TEMPLATE, root / DEFAULT_TEMPLATE]
-        path = next((p for p in candidates if p.is_file()), candidates[0])
-    if not path.is_file():
-        raise ConfigError(
-            f"STEMFLEET_MACHINE_TEMPLATE: no machine template at {path}: write one (a Fly "
-            "CreateMachineRequest or MachineConfig as JSON, e.g. deploy/worker-machine.json) "
-            "or point STEMFLEET_MACHINE_TEMPLATE at it"
-        )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"STEMFLEET_MACHINE_TEMPLATE: {path} is not valid JSON: {exc}") from None
+    data, path = read_template(
+        settings.machine_template,
+        DEFAULT_TEMPLATE,
+        "STEMFLEET_MACHINE_TEMPLATE",
+        "machine template",
+        "write one (a Fly CreateMachineRequest or MachineConfig as JSON, e.g. "
+        "deploy/worker-machine.json) or point STEMFLEET_MACHINE_TEMPLATE at it",
+    )
     return template_request(data, str(path))
 
 

@@ -15,6 +15,7 @@ from pydantic_settings.exceptions import SettingsError
 
 from app.errors import ConfigError
 from app.settings import Duration
+from scaler.providers.base import read_template
 
 PREFIX = "STEMFLEET_RUNPOD_"
 DEFAULT_TEMPLATE = Path("deploy/runpod-pod.json")
@@ -134,20 +135,13 @@ def load_runpod_settings(**overrides: Any) -> RunPodSettings:
 
 def load_pod_template(settings: RunPodSettings) -> dict[str, Any]:
     """The CreatePodRequest body every create starts from (deploy/runpod-pod.json)."""
-    path = settings.template
-    if path is None:
-        root = Path(__file__).resolve().parents[2]
-        candidates = [Path.cwd() / DEFAULT_TEMPLATE, root / DEFAULT_TEMPLATE]
-        path = next((p for p in candidates if p.is_file()), candidates[0])
-    if not path.is_file():
-        raise ConfigError(
-            f"{PREFIX}TEMPLATE: no pod template at {path}: point it at a CreatePodRequest "
-            "as JSON (e.g. deploy/runpod-pod.json)"
-        )
-    try:
-        body = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{PREFIX}TEMPLATE: {path} is not valid JSON: {exc}") from None
+    body, path = read_template(
+        settings.template,
+        DEFAULT_TEMPLATE,
+        f"{PREFIX}TEMPLATE",
+        "pod template",
+        "point it at a CreatePodRequest as JSON (e.g. deploy/runpod-pod.json)",
+    )
     if not isinstance(body, dict):
         raise ConfigError(f"{PREFIX}TEMPLATE: {path} must be a JSON object")
     body = copy.deepcopy(body)
