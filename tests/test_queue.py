@@ -189,6 +189,7 @@ def test_retryable_failures_back_off_exponentially_until_max_attempts(
             conn, claimed, error="S3 timeout", error_kind="storage", retryable=True, backoff_base=5
         )
         assert after.status == "queued" and after.worker_id is None
+        assert after.error == f"S3 timeout (attempt {attempt} of 3; it will be tried again)"
         delays.append((after.run_after - clock.now()).total_seconds())
         clock.advance(delays[-1])
     assert delays == [5, 10]
@@ -196,7 +197,9 @@ def test_retryable_failures_back_off_exponentially_until_max_attempts(
     (last,) = queue.claim(conn, w, lease=60)
     final = queue.fail(conn, last, error="S3 timeout", error_kind="storage", retryable=True)
     assert final.status == "failed" and final.attempts == 3
-    assert final.error == "S3 timeout" and final.finished_at == clock.now()
+    # the row says what happened to the job, not what the worker hoped would happen next
+    assert final.error == "S3 timeout (gave up after 3 attempts)"
+    assert final.finished_at == clock.now()
     assert queue.get_worker(conn, w).state == "idle"
     assert job.id == final.id
 

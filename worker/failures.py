@@ -37,13 +37,13 @@ def classify(exc: Exception, input_key: str) -> tuple[str, str, bool]:
     if isinstance(exc, JobError):
         return scrub_paths(str(exc)), exc.kind, exc.retryable
     if isinstance(exc, ConnectionError | TimeoutError):
-        return f"network error on the worker ({type(exc).__name__}); retrying", "network", True
+        return f"network error on the worker ({type(exc).__name__})", "network", True
     if isinstance(exc, OSError):
         reason = exc.strerror or type(exc).__name__
-        return f"I/O error on the worker ({reason}); retrying", "io", True
+        return f"I/O error on the worker ({reason})", "io", True
     return (
-        f"internal error on the worker ({type(exc).__name__}); retrying. The operator finds the "
-        "details in the worker's log under this job's id",
+        f"internal error on the worker ({type(exc).__name__}): the operator finds the details "
+        "in the worker's log under this job's id",
         "internal",
         True,
     )
@@ -58,5 +58,5 @@ def _storage_message(exc: StorageError) -> str:
         found = _AWS_CODE.search(str(exc.__cause__ or ""))
         code = found.group(1) if found else None
     if code:
-        return f"the file storage failed ({code}); retrying"
-    return "the file storage could not be reached; retrying"
+        return f"the file storage failed ({code})"
+    return "the file storage could not be reached"
