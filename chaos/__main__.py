@@ -10,6 +10,7 @@ import random
 import sys
 
 from app.log import configure
+from chaos.faults import DECK, FAULTS
 from chaos.run import Config, run
 from chaos.system import Tuning
 
@@ -44,16 +45,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--lease", type=float, default=Tuning.lease, help="the jobs' lease, seconds"
     )
+    parser.add_argument(
+        "--faults",
+        default=",".join(DECK),
+        help=f"the deck of faults, comma-separated (default: {','.join(DECK)})",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the run's folder when it passes")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
+    deck = tuple(name.strip() for name in args.faults.split(",") if name.strip())
+    unknown = sorted(set(deck) - set(FAULTS))
+    if unknown or not deck:
+        parser.error(f"--faults: unknown {unknown or 'empty'}; choose from {', '.join(FAULTS)}")
     configure("WARNING", json=False)
     for noisy in ("werkzeug", "httpx"):  # moto's request log, the API client's requests
         logging.getLogger(noisy).setLevel(logging.WARNING)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     tuning = Tuning(workers=args.workers, lease=args.lease, heartbeat=min(2.0, args.lease / 4))
-    return run(Config(rounds=args.rounds, seed=seed, tuning=tuning, keep=args.keep))
+    return run(Config(rounds=args.rounds, seed=seed, tuning=tuning, deck=deck, keep=args.keep))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 - nothing succeeded twice: no job was seen succeeded and later not succeeded, or succeeded in
   two attempts, and no user got two `job.succeeded` webhooks (different ids) for one job;
 - nothing stuck: no job still queued or running once the system had been quiet long enough;
+- every finished job's final webhook arrived (checked in `run`: it waits for them);
 - no scratch files left behind by workers (killed ones included) once the system stopped.
 
 And the kill-to-requeue times: from a SIGKILL to the first sight of its job no longer running
@@ -30,7 +31,7 @@ STEMS = 4  # drums, bass, other, vocals: every job asks for all of them
 
 @dataclass(frozen=True)
 class Violation:
-    check: str  # lost | twice | stuck | scratch | component
+    check: str  # lost | twice | stuck | told | scratch | component
     detail: str
 
 

@@ -33,6 +33,7 @@ FAULTS = (
 # One deck of rounds: every fault at least once, kills (the common case) twice.
 DECK = ("kill", *FAULTS)
 WAIT_FOR_WORK_S = 120.0  # a fault that needs a running job (or a success) waits this long
+KILL_TRIES = 5  # the job finished before the blow fell: pick another
 
 
 @dataclass(frozen=True)
@@ -84,21 +85,22 @@ class Faults:
 
     def kill(self) -> str:
         observer = self.observer
-        if not observer.wait_for(lambda: bool(observer.running()), WAIT_FOR_WORK_S):
-            self.log.skipped.append("kill: no job running")
-            return "kill skipped: no job running"
-        job_id, seen = self.rng.choice(observer.running())
-        self._pause.wait(self.rng.uniform(0.2, 2.0))  # somewhere mid-job
-        now = observer.last(job_id)
-        if now is None or not now.same_state(seen) or seen.worker_id is None:
-            self.log.skipped.append(f"kill: job {job_id} moved on before the kill")
-            return "kill skipped: the job moved on"
-        pid = self.system.kill_worker(seen.worker_id)
-        if pid is None:
-            self.log.skipped.append(f"kill: worker {seen.worker_id} not found")
-            return "kill skipped: worker not found"
-        self.log.kills.append(Kill(time.monotonic(), job_id, seen.attempts, seen.worker_id, pid))
-        return f"SIGKILL worker pid {pid} running job {job_id} (attempt {seen.attempts})"
+        for _ in range(KILL_TRIES):
+            if not observer.wait_for(lambda: bool(observer.running()), WAIT_FOR_WORK_S):
+                break
+            job_id, seen = self.rng.choice(observer.running())
+            self._pause.wait(self.rng.uniform(0.0, 0.8))  # somewhere mid-job
+            now = observer.last(job_id)
+            if now is None or not now.same_state(seen) or seen.worker_id is None:
+                continue  # it finished meanwhile: pick again
+            pid = self.system.kill_worker(seen.worker_id)
+            if pid is None:
+                continue
+            kill = Kill(time.monotonic(), job_id, seen.attempts, seen.worker_id, pid)
+            self.log.kills.append(kill)
+            return f"SIGKILL worker pid {pid} running job {job_id} (attempt {seen.attempts})"
+        self.log.skipped.append("kill: no job stayed running long enough to be hit")
+        return "kill skipped: no job stayed running long enough"
 
     def pg_restart(self) -> str:
         down = self.rng.uniform(0.5, 3.0)
@@ -125,8 +127,14 @@ class Faults:
         self.log.crashes_after_success += 1
         return f"Postgres crashed right after a success, down {down:.1f} s, recovered"
 
+    def _while_work_runs(self) -> None:
+        """Start a storage fault once a job is running: downloads and uploads are under way."""
+        observer = self.observer
+        observer.wait_for(lambda: bool(observer.running()), WAIT_FOR_WORK_S)
+
     def storage_fail(self) -> str:
         assert self.system.proxy is not None
+        self._while_work_runs()
         rate = self.rng.choice((1.0, 0.5))
         seconds = self.rng.uniform(2.0, 8.0)
         self.system.proxy.fail(rate)
@@ -139,6 +147,7 @@ class Faults:
 
     def storage_stall(self) -> str:
         assert self.system.proxy is not None
+        self._while_work_runs()
         hold = self.rng.uniform(1.0, 5.0)
         seconds = self.rng.uniform(3.0, 10.0)
         self.system.proxy.stall(hold)

@@ -3,9 +3,9 @@
 Every component (API, workers) reaches storage through it. On demand it answers `500
 InternalError` (the S3 error body, as S3 answers a server fault) to all or a fraction of the
 requests, or holds each request for a while before forwarding it; `heal()` goes back to passing
-everything through untouched. Requests are forwarded whole (a chunked body is re-sent with a
-Content-Length) to the upstream over a new connection, the client's Host header kept so a signed
-request stays as it was signed.
+everything through untouched and lets the requests it holds go on. Requests are forwarded whole
+(a chunked body is re-sent with a Content-Length) to the upstream over a new connection, the
+client's Host header kept so a signed request stays as it was signed.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class FaultProxy(LoopbackServer):
         self._fault = Fault()
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
-        self._closing = threading.Event()
+        self._release = threading.Event()  # set by heal() and stop(): held requests go on
 
     @property
     def fault(self) -> Fault:
@@ -102,7 +102,11 @@ class FaultProxy(LoopbackServer):
         self._set(Fault("stall", stall_s=seconds))
 
     def heal(self) -> None:
-        self._set(Fault())
+        """Pass everything through again; requests being held go on at once."""
+        with self._lock:
+            self._fault = Fault()
+            self._release.set()
+            self._release = threading.Event()
 
     def _set(self, fault: Fault) -> None:
         with self._lock:
@@ -121,9 +125,11 @@ class FaultProxy(LoopbackServer):
         return action
 
     def hold(self) -> None:
-        """Hold the calling request for the current stall (released early only by stop())."""
-        self._closing.wait(self._fault.stall_s)
+        """Hold the calling request for the current stall, or until heal() or stop()."""
+        with self._lock:
+            release, seconds = self._release, self._fault.stall_s
+        release.wait(seconds)
 
     def stop(self) -> None:
-        self._closing.set()
+        self.heal()
         super().stop()

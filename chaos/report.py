@@ -13,7 +13,7 @@ from bench._common import percentile
 from chaos.checks import Violation
 from chaos.faults import FaultLog
 
-CHECKS = ("lost", "twice", "stuck", "scratch", "component")
+CHECKS = ("lost", "twice", "stuck", "told", "scratch", "component")
 SHOWN_PER_CHECK = 10
 
 
@@ -91,6 +91,9 @@ def print_figures(outcome: Outcome, say: Callable[[str], None] = print) -> None:
         shown = [v for v in outcome.violations if v.check == check][:SHOWN_PER_CHECK]
         for violation in shown:
             say(f"  - {violation.detail}")
+    reasons = Counter(job.error for job in outcome.rows.values() if job.status == "failed")
+    for reason, count in sorted(reasons.items(), key=lambda item: -item[1])[:SHOWN_PER_CHECK]:
+        say(f"note: {count} job(s) failed with: {reason}")
     for line in outcome.log.skipped:
         say(f"note: {line}")
     for line in outcome.refused:

@@ -23,16 +23,16 @@ from pathlib import Path
 import soundfile as sf
 
 from app.client import ApiClient, ApiClientError
+from app.db import connect
 from app.params import JobParams
 from app.queue import Job
 from chaos import checks
 from chaos.faults import DECK, FaultLog, Faults
 from chaos.report import Outcome, print_figures
-from chaos.system import ChaosSystem, Tuning
+from chaos.system import WEBHOOK_REDELIVERY_S, ChaosSystem, Tuning
 from scripts.sample_clip import RATE, song
 
 SUBMIT_TRIES = 60  # about a minute of 5xx (Postgres down, storage failing) before giving up
-WEBHOOK_WAIT_S = 30.0
 Say = Callable[[str], None]
 
 
@@ -41,6 +41,7 @@ class Config:
     rounds: int
     seed: int
     tuning: Tuning = field(default_factory=Tuning)
+    deck: tuple[str, ...] = DECK  # the faults, each drawn once per deck
     keep: bool = False  # keep the run's folder (logs, database) even when it passed
 
 
@@ -74,7 +75,7 @@ def run(config: Config, say: Say = print) -> int:
         with ApiClient(api_url, token, timeout=30.0) as client:
             for number in range(1, config.rounds + 1):
                 if not deck:
-                    deck = list(DECK)
+                    deck = list(config.deck)
                     rng.shuffle(deck)
                 fault = deck.pop()
                 ids = _submit_round(client, system, rng, submitted, run_dir, number)
@@ -91,7 +92,7 @@ def run(config: Config, say: Say = print) -> int:
         left = _settle(system, submitted.ids, quiet_s, log)
         rows = checks.final_rows(system.database_url, submitted.ids)
         stuck = {job_id: rows[job_id] for job_id in left if job_id in rows}
-        _wait_for_webhooks(system, rows)
+        untold = _wait_for_webhooks(system, rows)
         dead = system.dead_component()
         history = {k: list(v) for k, v in system.observer.history.items()}
         violations = [
@@ -99,6 +100,7 @@ def run(config: Config, say: Say = print) -> int:
             *checks.nothing_twice(history, system.receiver),
             *checks.nothing_stuck(stuck, quiet_s),
         ]
+        violations += [checks.Violation("told", line) for line in untold]
         if dead:
             violations.append(checks.Violation("component", f"{dead} exited during the run"))
     # stopped: the scaler drained its workers, which remove their own scratch folders
@@ -127,8 +129,6 @@ def run(config: Config, say: Say = print) -> int:
 
 def _wait_for_fleet(system: ChaosSystem) -> float:
     """Seconds until the scaler's floor has every worker registered and idle."""
-    from app.db import connect
-
     started = time.monotonic()
     deadline = started + 300
     while time.monotonic() < deadline:
@@ -209,12 +209,26 @@ def _settle(
             return unfinished()
 
 
-def _wait_for_webhooks(system: ChaosSystem, rows: dict[uuid.UUID, Job]) -> None:
-    """Until the receiver has the final event of every finished job (bounded)."""
-    deadline = time.monotonic() + WEBHOOK_WAIT_S
+def _wait_for_webhooks(system: ChaosSystem, rows: dict[uuid.UUID, Job]) -> list[str]:
+    """Until the receiver has the final event of every finished job (bounded by a redelivery);
+    the jobs whose event did not come, with what the outbox says of it."""
+    deadline = time.monotonic() + WEBHOOK_REDELIVERY_S
     expected = {(str(job.id), f"job.{job.status}") for job in rows.values() if job.is_final}
-    while time.monotonic() < deadline:
-        told = {(d.job_id, d.event_type) for d in system.receiver.deliveries}
-        if expected <= told:
-            return
+    while True:
+        missing = expected - {(d.job_id, d.event_type) for d in system.receiver.deliveries}
+        if not missing or time.monotonic() > deadline:
+            break
         time.sleep(0.2)
+    notes = []
+    with connect(system.database_url, application_name="chaos") as conn:
+        for job_id, event in sorted(missing):
+            outbox = conn.execute(
+                "select status::text, attempts, last_error from public.webhook_deliveries"
+                " where job_id = %s and event_type = %s",
+                (job_id, event),
+            ).fetchall()
+            notes.append(
+                f"job {job_id}: no {event} webhook in {WEBHOOK_REDELIVERY_S:.0f} s; "
+                f"outbox: {[tuple(r.values()) for r in outbox] or 'no delivery row'}"
+            )
+    return notes

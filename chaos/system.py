@@ -35,6 +35,10 @@ from tests.s3_support import new_bucket_env
 WORKER_MODEL = "demucs_unittest"  # Demucs' tiny model: no download, fast on a CPU
 SCRATCH_PREFIX = "stemfleet-"  # what workers put under TMPDIR (stemfleet-worker-<id>, …)
 CRASH_EXIT_TIMEOUT = 30.0
+WEBHOOK_TIMEOUT_S = 5.0
+# A delivery its dispatcher claimed and could not finish (Postgres went away) is due again after
+# its claim's lease (app.api.webhooks: 3 x the timeout + 30 s); a webhook later than that is lost.
+WEBHOOK_REDELIVERY_S = 3 * WEBHOOK_TIMEOUT_S + 30 + 10
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,7 @@ class ChaosSystem:
             "STEMFLEET_CALLBACK_ALLOWLIST": "127.0.0.1",
             "STEMFLEET_WEBHOOK_RETRY_BASE": "1",
             "STEMFLEET_WEBHOOK_POLL_INTERVAL": "1",
+            "STEMFLEET_WEBHOOK_TIMEOUT": str(WEBHOOK_TIMEOUT_S),
             "STEMFLEET_MAX_QUEUED_PER_USER": "1000",
             "STEMFLEET_DEDUP_WINDOW": "0",
             "TMPDIR": str(self.scratch_root),
