@@ -30,8 +30,9 @@ FAULTS = (
     "storage_fail",
     "storage_stall",
 )
-# One deck of rounds: every fault at least once, kills (the common case) twice.
-DECK = ("kill", *FAULTS)
+# One deck of rounds: every fault at least once; kills (the common case) and crashes right after
+# a success (a narrow window: other commits flush the WAL within milliseconds) twice.
+DECK = ("kill", "pg_crash_after_success", *FAULTS)
 WAIT_FOR_WORK_S = 120.0  # a fault that needs a running job (or a success) waits this long
 KILL_TRIES = 5  # the job finished before the blow fell: pick another
 

@@ -44,7 +44,7 @@ WEBHOOK_REDELIVERY_S = 3 * WEBHOOK_TIMEOUT_S + 30 + 10
 @dataclass(frozen=True)
 class Tuning:
     workers: int = 2
-    lease: float = 10.0
+    lease: float = 20.0
     heartbeat: float = 2.0
     scaler_interval: float = 1.0
     max_attempts: int = 3
