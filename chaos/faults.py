@@ -17,6 +17,7 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chaos.observer import JobObserver
@@ -87,10 +88,10 @@ class Faults:
     def kill(self) -> str:
         observer = self.observer
         for _ in range(KILL_TRIES):
-            if not observer.wait_for(lambda: bool(observer.running()), WAIT_FOR_WORK_S):
+            if not self._wait_for(lambda: bool(observer.running())):
                 break
             job_id, seen = self.rng.choice(observer.running())
-            self._pause.wait(self.rng.uniform(0.0, 0.8))  # somewhere mid-job
+            self._pause.wait(self.rng.uniform(0.0, 0.5))  # somewhere mid-job
             now = observer.last(job_id)
             if now is None or not now.same_state(seen) or seen.worker_id is None:
                 continue  # it finished meanwhile: pick again
@@ -119,7 +120,7 @@ class Faults:
     def pg_crash_after_success(self) -> str:
         observer = self.observer
         before = observer.successes
-        if not observer.wait_for(lambda: observer.successes > before, WAIT_FOR_WORK_S):
+        if not self._wait_for(lambda: observer.successes > before):
             self.log.skipped.append("pg_crash_after_success: no job succeeded")
             return "crash skipped: no job succeeded"
         down = self.rng.uniform(0.5, 2.0)
@@ -130,8 +131,13 @@ class Faults:
 
     def _while_work_runs(self) -> None:
         """Start a storage fault once a job is running: downloads and uploads are under way."""
+        self._wait_for(lambda: bool(self.observer.running()))
+
+    def _wait_for(self, predicate: Callable[[], bool]) -> bool:
+        """Until `predicate()` holds (True), or every job has finished, or a long while passed."""
         observer = self.observer
-        observer.wait_for(lambda: bool(observer.running()), WAIT_FOR_WORK_S)
+        observer.wait_for(lambda: predicate() or observer.idle(), WAIT_FOR_WORK_S)
+        return predicate()
 
     def storage_fail(self) -> str:
         assert self.system.proxy is not None

@@ -89,6 +89,14 @@ class JobObserver:
                 if seen and seen[-1].status == "running"
             ]
 
+    def idle(self) -> bool:
+        """No job followed is queued or running (as last seen)."""
+        with self._changed:
+            return all(
+                seen and seen[-1].status in ("succeeded", "failed", "cancelled")
+                for seen in self.history.values()
+            )
+
     def wait_for(self, predicate: Callable[[], bool], timeout: float) -> bool:
         """Until `predicate()` holds (re-checked on every change seen) or `timeout` passes."""
         with self._changed:
