@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from chaos.observer import JobObserver
+from chaos.proxy import FaultProxy
 from chaos.system import ChaosSystem
 
 FAULTS = (
@@ -129,10 +130,6 @@ class Faults:
         self.log.crashes_after_success += 1
         return f"Postgres crashed right after a success, down {down:.1f} s, recovered"
 
-    def _while_work_runs(self) -> None:
-        """Start a storage fault once a job is running: downloads and uploads are under way."""
-        self._wait_for(lambda: bool(self.observer.running()))
-
     def _wait_for(self, predicate: Callable[[], bool]) -> bool:
         """Until `predicate()` holds (True), or every job has finished, or a long while passed."""
         observer = self.observer
@@ -140,27 +137,27 @@ class Faults:
         return predicate()
 
     def storage_fail(self) -> str:
-        assert self.system.proxy is not None
-        self._while_work_runs()
         rate = self.rng.choice((1.0, 0.5))
         seconds = self.rng.uniform(2.0, 8.0)
-        self.system.proxy.fail(rate)
-        try:
-            self._pause.wait(seconds)
-        finally:
-            self.system.proxy.heal()
+        self._storage_fault(lambda proxy: proxy.fail(rate), seconds)
         self.log.storage_failures += 1
         return f"storage answered 500 to {rate:.0%} of requests for {seconds:.1f} s"
 
     def storage_stall(self) -> str:
-        assert self.system.proxy is not None
-        self._while_work_runs()
         hold = self.rng.uniform(1.0, 5.0)
         seconds = self.rng.uniform(3.0, 10.0)
-        self.system.proxy.stall(hold)
+        self._storage_fault(lambda proxy: proxy.stall(hold), seconds)
+        self.log.storage_stalls += 1
+        return f"storage held every request {hold:.1f} s for {seconds:.1f} s"
+
+    def _storage_fault(self, begin: Callable[[FaultProxy], None], seconds: float) -> None:
+        """Once a job is running (downloads and uploads under way): `begin` a fault on the
+        proxy, hold it `seconds`, heal."""
+        proxy = self.system.proxy
+        assert proxy is not None
+        self._wait_for(lambda: bool(self.observer.running()))
+        begin(proxy)
         try:
             self._pause.wait(seconds)
         finally:
-            self.system.proxy.heal()
-        self.log.storage_stalls += 1
-        return f"storage held every request {hold:.1f} s for {seconds:.1f} s"
+            proxy.heal()

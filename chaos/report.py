@@ -15,6 +15,7 @@ from chaos.faults import FaultLog
 
 CHECKS = ("lost", "twice", "stuck", "told", "scratch", "component")
 SHOWN_PER_CHECK = 10
+REQUEUE_TARGET_S = 15.0  # issue 13: a dead local worker's job is requeued within 15 s
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,12 @@ def _seconds(values: Sequence[float | None]) -> str:
         else "none requeued"
     )
     never = len(values) - len(done)
-    return text + (f", {never} never requeued" if never else "")
+    met = done and not never and max(done) <= REQUEUE_TARGET_S
+    return (
+        text
+        + (f", {never} never requeued" if never else "")
+        + f" (target <= {REQUEUE_TARGET_S:g} s: {'met' if met else 'missed'})"
+    )
 
 
 def figures(outcome: Outcome) -> list[tuple[str, str]]:

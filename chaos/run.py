@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -71,6 +72,7 @@ def run(config: Config, say: Say = print) -> int:
         say(f"chaos: system up, {config.tuning.workers} workers booted in {boot_s:.1f} s")
         faults = Faults(system, rng, log)
         deck: list[str] = []
+        played = 0
         api_url, token = system.api
         with ApiClient(api_url, token, timeout=30.0) as client:
             for number in range(1, config.rounds + 1):
@@ -81,6 +83,7 @@ def run(config: Config, say: Say = print) -> int:
                 ids = _submit_round(client, system, rng, submitted, run_dir, number)
                 what = faults.inject(fault)
                 left = _settle(system, ids, quiet_s, log)
+                played = number
                 say(
                     f"round {number}/{config.rounds}: {len(ids)} jobs; {what}; "
                     f"{'all finished' if not left else f'{len(left)} not finished'}"
@@ -107,7 +110,7 @@ def run(config: Config, say: Say = print) -> int:
     violations += checks.no_scratch_left(system.scratch_left(), log.killed_workers)
     outcome = Outcome(
         seed=config.seed,
-        rounds=config.rounds,
+        rounds=played,
         rows=rows,
         refused=submitted.refused,
         log=log,
@@ -121,8 +124,6 @@ def run(config: Config, say: Say = print) -> int:
     )
     print_figures(outcome, say)
     if not violations and not config.keep:
-        import shutil
-
         shutil.rmtree(run_dir, ignore_errors=True)
     return 1 if violations else 0
 
