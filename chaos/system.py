@@ -18,6 +18,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
@@ -31,6 +32,9 @@ from chaos.observer import JobObserver
 from chaos.proxy import FaultProxy
 from chaos.receiver import WebhookReceiver
 from tests.s3_support import new_bucket_env
+
+if TYPE_CHECKING:
+    from moto.server import ThreadedMotoServer
 
 WORKER_MODEL = "demucs_unittest"  # Demucs' tiny model: no download, fast on a CPU
 SCRATCH_PREFIX = "stemfleet-"  # what workers put under TMPDIR (stemfleet-worker-<id>, …)
@@ -68,7 +72,7 @@ class ChaosSystem:
         self.data_dir = run_dir / "data"
         self.scratch_root = run_dir / "tmp"
         self.log_file = run_dir / "system.log"
-        self.moto: object | None = None
+        self.moto: ThreadedMotoServer | None = None
         self.proxy: FaultProxy | None = None
         self.receiver = WebhookReceiver()
         self.embedded: EmbeddedSystem | None = None
@@ -148,7 +152,7 @@ class ChaosSystem:
             self.proxy.stop()
         self.receiver.stop()
         if self.moto is not None:
-            self.moto.stop()  # type: ignore[attr-defined]
+            self.moto.stop()
 
     # --- what the driver reads ------------------------------------------------------------
     @property
