@@ -87,11 +87,12 @@ def test_proxy_holds_requests_while_stalled_and_heal_lets_them_go(
     reader = threading.Thread(target=lambda: got.append(storage.get_bytes("inputs/a/song.wav")))
     reader.start()
 
-    held = threading.Event()
-    while not held.wait(0.01):  # until the proxy holds the request
+    for _ in range(3000):  # until the proxy holds the request (30 s at most)
         if proxy.counts["stalled"]:
-            held.set()
+            break
+        reader.join(0.01)
     reader.join(0.2)
+    assert proxy.counts["stalled"] == 1
     assert reader.is_alive() and got == []
 
     proxy.heal()
