@@ -1,16 +1,22 @@
 # syntax=docker/dockerfile:1.7
 #
-# Two images from one file (docs/deploy.md, "Images"):
+# Three images from one file (docs/deploy.md, "Images" and "GPU workers on RunPod"):
 #
-#   docker build --target api    -t registry.fly.io/stemfleet:TAG .           # API + scaler
-#   docker build --target worker -t registry.fly.io/stemfleet-workers:TAG .   # Demucs worker
+#   docker build --target api        -t registry.fly.io/stemfleet:TAG .           # API + scaler
+#   docker build --target worker     -t registry.fly.io/stemfleet-workers:TAG .   # Demucs worker
+#   docker build --target gpu-worker -t ghcr.io/OWNER/stemfleet-gpu-worker:TAG .  # RunPod pods
 #
 # api:    python:3.12-slim + `pip install .` (no torch, no demucs): the control plane.
 # worker: a CUDA base, torch built for CUDA, demucs, and the model's weights fetched at build time
 #         into /models (STEMFLEET_MODEL_REPO), so a cold start reads them from the image and never
 #         waits on the hub. CPU-only fleets (Fly today) may build with
 #         --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu for a far smaller image;
-#         torch's CUDA build also runs on CPU when no GPU is present.
+#         torch's CUDA build also runs on CPU when no GPU is present. TORCH_SPEC is the whole
+#         torch requirement (version and index), e.g. for hosts whose driver reports CUDA 12.8:
+#         --build-arg TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# gpu-worker: the worker for GPU pods (RunPod): the build fails unless its torch is a CUDA build,
+#         and the worker refuses to run without a usable GPU (STEMFLEET_REQUIRE_GPU: the reason
+#         goes on its `workers` row and it exits 3, so the scaler replaces the pod).
 
 ARG PYTHON_IMAGE=python:3.12-slim-bookworm
 ARG CUDA_IMAGE=nvidia/cuda:13.0.1-base-ubuntu24.04
@@ -51,6 +57,7 @@ FROM ${CUDA_IMAGE} AS worker
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu130
 ARG STEMFLEET_MODEL=htdemucs
+ARG TORCH_SPEC="torch==${TORCH_VERSION} --index-url ${TORCH_INDEX}"
 
 ENV DEBIAN_FRONTEND=noninteractive \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -69,7 +76,7 @@ RUN apt-get update \
 # torch first, from the CUDA index: the `worker` extra then finds it installed and pip never
 # picks a torch build by itself. Then demucs, then the weights: these layers change rarely, so
 # a code change rebuilds only the last layers.
-RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+RUN pip install ${TORCH_SPEC}
 RUN pip install "demucs>=4.1,<4.2"
 
 WORKDIR /app
@@ -88,6 +95,19 @@ ENV STEMFLEET_MODEL=${STEMFLEET_MODEL} \
     STEMFLEET_MODEL_REPO=/models \
     STEMFLEET_MIGRATIONS_DIR=/app/supabase/migrations \
     HF_HUB_OFFLINE=1
+
+USER stemfleet
+CMD ["stemfleet", "worker"]
+
+# ---------------------------------------------------------------------------------------------
+FROM worker AS gpu-worker
+
+# A CPU-only torch here would run Demucs ten times slower without an error: refuse to build it.
+RUN python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'TORCH_SPEC gave a CPU-only torch ' + torch.__version__)"
+
+ENV STEMFLEET_DEVICE=cuda \
+    STEMFLEET_REQUIRE_GPU=true \
+    STEMFLEET_WORKER_PROVIDER=runpod
 
 USER stemfleet
 CMD ["stemfleet", "worker"]

@@ -110,8 +110,8 @@ class ApiClient:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
     ) -> JobDict:
-        """Upload `path` with the job (multipart); returns the job (new, or the existing one the
-        API deduplicated to)."""
+        """Upload `path` with the job (multipart); returns the job: new, or the earlier one whose
+        stems the API reuses for the same audio and options (then `reused_from` is set)."""
         data = {"kind": kind}
         if params is not None:
             data["params"] = json.dumps(params.model_dump(mode="json", exclude_none=True))

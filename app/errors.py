@@ -27,6 +27,10 @@ class InvalidTransition(QueueError):
     """The job's status does not allow the operation, e.g. cancelling a finished job (SF003)."""
 
 
+class ModelNotServed(QueueError):
+    """A job names a model the fleet does not serve (SQLSTATE SF004, from the insert guard)."""
+
+
 class JobError(StemfleetError):
     """A job could not be processed. `kind` is stored in jobs.error_kind."""
 

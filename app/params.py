@@ -7,6 +7,7 @@ with the validation message when params are bad.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -17,6 +18,18 @@ OutputFormat = Literal["wav", "flac", "mp3", "opus"]
 SampleFormat = Literal["int16", "int24", "float32"]
 
 KNOWN_STEMS = ("drums", "bass", "other", "vocals", "guitar", "piano")
+# Demucs' pretrained models (a model folder in STEMFLEET_MODEL_REPO may add others)
+KNOWN_MODELS = (
+    "htdemucs",
+    "htdemucs_ft",
+    "htdemucs_6s",
+    "hdemucs_mmi",
+    "mdx",
+    "mdx_extra",
+    "mdx_q",
+    "mdx_extra_q",
+    "demucs_unittest",
+)
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 # kbps ranges accepted by the encoders
@@ -103,3 +116,18 @@ def parse_params(raw: object) -> JobParams:
             for err in exc.errors()
         )
         raise PermanentJobError(f"invalid params: {problems}", kind="invalid_params") from None
+
+
+def model_folder_names(repo: Path) -> list[str]:
+    """The models in a local Demucs model folder (STEMFLEET_MODEL_REPO): its <name>.yaml bags
+    and <signature>.th single models."""
+    return sorted({p.stem.split("-")[0] for p in repo.iterdir() if p.suffix in (".th", ".yaml")})
+
+
+def fleet_model_names(model: str, repo: Path | None) -> list[str]:
+    """What a machine configured with STEMFLEET_MODEL / STEMFLEET_MODEL_REPO can serve, for
+    queue.served_models (Demucs' published models are there already)."""
+    names = {model}
+    if repo is not None and repo.is_dir():
+        names.update(model_folder_names(repo))
+    return sorted(name for name in names if _MODEL_NAME.match(name))

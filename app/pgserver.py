@@ -201,6 +201,14 @@ class LocalPostgres:
                     raise PostgresStartError(f"Postgres did not accept connections: {exc}") from exc
                 time.sleep(0.05)
 
+    def restart(self, *, immediate: bool = False, timeout: float = 60.0) -> None:
+        """Restart the server. `immediate`: kill it without a shutdown checkpoint, as a crash
+        or a power loss would (crash recovery replays the WAL at the start)."""
+        mode = "immediate" if immediate else "fast"
+        data, log, wait = str(self.data_dir), str(self.log_file), str(int(timeout))
+        self._run(["pg_ctl", "restart", "-D", data, "-l", log, "-m", mode, "-w", "-t", wait])
+        self._wait_ready(timeout)
+
     def stop(self) -> None:
         if self.initialized and self.running():
             self._run(["pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], check=False)

@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import os
+import psutil
 
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists (it may belong to another user)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(psutil.pid_exists(pid))

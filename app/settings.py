@@ -76,6 +76,7 @@ class Settings(BaseSettings):
     model: str = "htdemucs"
     model_repo: Path | None = None  # a local folder of Demucs weights (air-gapped machines)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
+    require_gpu: bool = False  # a GPU worker: exit (reason on its row) when CUDA is unusable
     precision: Literal["fp32", "fp16", "bf16"] = "fp32"
     batch_size: int = Field(0, ge=0)  # segments per forward pass; 0 = from free memory
     # queued jobs separated together, their segments sharing forward passes; 0 = 1 where a
@@ -91,12 +92,14 @@ class Settings(BaseSettings):
     preview_seconds: Duration = 30.0
     backoff_base: Duration = 10.0
     max_attempts: int = Field(3, ge=1, le=100)
-    machine_id: str | None = None  # default: FLY_MACHINE_ID, else the host name
+    machine_id: str | None = None  # default: FLY_MACHINE_ID, RUNPOD_POD_ID, else the host name
     worker_provider: str = "local"
     region: str | None = None
 
     # --- scaler ---------------------------------------------------------------------------
-    provider: Literal["local", "fly"] = "local"
+    # a registered provider's name (scaler.providers: local, fly, runpod, ...), checked when the
+    # scaler makes it; lower-case letters, digits and _
+    provider: str = Field("local", pattern=r"^[a-z][a-z0-9_]*$")
     min_machines: int = Field(0, ge=0)
     max_machines: int = Field(4, ge=0)
     max_hourly_usd: float = Field(10.0, ge=0)
@@ -150,8 +153,15 @@ class Settings(BaseSettings):
     webhook_timeout: Duration = 10.0  # per delivery attempt
     webhook_poll_interval: Duration = 5.0  # dispatcher fallback poll (it also LISTENs)
     sse_keepalive: Duration = 15.0  # comment line sent on an idle event stream
+    sse_max_streams_per_user: int = Field(20, ge=1)  # open event streams per user and process
+    max_json_kb: float = Field(64.0, gt=0)  # a JSON request body (or the multipart params field)
+    max_json_depth: int = Field(32, ge=2, le=1000)  # nesting of arrays and objects in JSON input
     scaler_run_timeout: Duration = 120.0  # POST /v1/admin/scaler/run
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)  # or ["*"]
+    # the web page signs users in with Supabase Auth (email) when both are set
+    supabase_url: str | None = None  # https://<project>.supabase.co
+    supabase_anon_key: str | None = None  # the project's public anon key
+    web_presign_above_mb: float = Field(8.0, ge=0)  # the page PUTs bigger files to storage
 
     # --- CLI and embedded default -----------------------------------------------------------
     api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system

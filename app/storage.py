@@ -26,10 +26,23 @@ from typing import Any, Protocol
 from urllib.parse import quote, urlencode
 
 from app.errors import ObjectNotFound, StorageError, StorageKeyError
+from app.log import get_logger
 from app.settings import Settings
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_KEY_LENGTH = 1024
+
+
+class StorageFailed(StorageError):
+    """The object store answered with an error (a 5xx, an access denied...)."""
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class StorageUnreachable(StorageError):
+    """The object store could not be reached (connection refused, timed out, DNS)."""
 
 
 def validate_key(key: str) -> str:
@@ -92,6 +105,7 @@ class S3Storage:
         from botocore.config import Config
 
         self.bucket = bucket
+        self.endpoint = endpoint_url
         self._client: Any = boto3.client(
             "s3",
             endpoint_url=endpoint_url,
@@ -109,19 +123,31 @@ class S3Storage:
 
     @contextmanager
     def _errors(self, key: str) -> Iterator[None]:
+        """Storage failures as errors a user may read: what happened to which object, never the
+        bucket, the endpoint or a local path (those go to the log)."""
         from boto3.exceptions import S3UploadFailedError
         from botocore.exceptions import BotoCoreError, ClientError
 
         validate_key(key)
         try:
             yield
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NotFound"):
-                raise ObjectNotFound(f"no object {key!r} in bucket {self.bucket!r}") from exc
-            raise StorageError(f"storage error on {key!r}: {code or exc}") from exc
-        except (BotoCoreError, S3UploadFailedError) as exc:
-            raise StorageError(f"storage unreachable for {key!r}: {exc}") from exc
+        except (ClientError, S3UploadFailedError, BotoCoreError) as exc:
+            cause = exc.__context__ if isinstance(exc, S3UploadFailedError) else exc
+            get_logger().warning(
+                "storage_error", key=key, bucket=self.bucket, endpoint=self.endpoint, error=str(exc)
+            )
+            if isinstance(cause, ClientError):
+                code = str(cause.response.get("Error", {}).get("Code", ""))
+                status = cause.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code in ("404", "NoSuchKey", "NotFound"):
+                    raise ObjectNotFound(f"no object {key!r} in storage") from exc
+                raise StorageFailed(
+                    f"storage answered with an error (HTTP {status or '?'} {code}) for {key!r}",
+                    status=status,
+                ) from exc
+            raise StorageUnreachable(
+                f"storage could not be reached for {key!r} ({type(cause).__name__})"
+            ) from exc
 
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None:
         extra = {"ContentType": content_type} if content_type else None
@@ -211,7 +237,7 @@ class LocalStorage:
     def _existing(self, key: str) -> Path:
         path = self.path(key)
         if not path.is_file():
-            raise ObjectNotFound(f"no object {key!r} in {self.root}")
+            raise ObjectNotFound(f"no object {key!r} in storage")
         return path
 
     def get_file(self, key: str, dest: Path) -> None:

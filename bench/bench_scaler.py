@@ -42,7 +42,7 @@ from bench._common import (
 )
 from scaler.model import Backlog, Fleet, FleetMachine, Machine
 from scaler.policy import plan
-from scaler.providers.base import ProviderError
+from scaler.providers.base import Price, ProviderError
 from scaler.reconcile import Scaler
 from scaler.simulate import SimModel, builtin_day, compare, format_results, simulate_policy
 
@@ -130,7 +130,13 @@ class ListedMachines:
     def list(self) -> list[Machine]:
         return list(self.machines)
 
-    def create(self) -> Machine:
+    def create_price(self) -> Price:
+        return Price(0.3556)
+
+    def create(self, name: str, max_hourly_usd: float) -> Machine:
+        raise ProviderError("not in this benchmark", kind="rejected")
+
+    def destroy(self, machine_id: str) -> None:
         raise ProviderError("not in this benchmark", kind="rejected")
 
     def start(self, machine_id: str) -> None:

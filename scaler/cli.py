@@ -82,6 +82,26 @@ def _print_outcome(outcome: RunOutcome) -> None:
             print(f"  note: {note}")
 
 
+class ChangeFilter:
+    """`scaler run` prints a run only when something happened: an action, an error, or a
+    different situation (backlog, target, notes) than the last run it printed; an idle loop
+    stays quiet."""
+
+    def __init__(self) -> None:
+        self._last: object = None
+
+    def eventful(self, outcome: RunOutcome) -> bool:
+        plan = outcome.plan
+        situation = (
+            outcome.acted,
+            outcome.message if not outcome.acted else None,
+            (plan.target, plan.capacity, plan.billed, tuple(plan.notes)) if plan else None,
+        )
+        changed = situation != self._last
+        self._last = situation
+        return changed or bool(outcome.results or outcome.errors)
+
+
 def _once(args: argparse.Namespace) -> int:
     scaler = _scaler(get_settings())
     try:
@@ -104,11 +124,14 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     clock = SystemClock()
+    changes = ChangeFilter()
     try:
         while not stop.is_set():
             began = clock.monotonic()
             try:
-                _print_outcome(scaler.run_once())
+                outcome = scaler.run_once()
+                if changes.eventful(outcome):
+                    _print_outcome(outcome)
             except Exception as exc:  # one bad run (database restart…) must not end the loop
                 scaler.log.exception("scaler_run_failed", error=str(exc))
             sys.stdout.flush()

@@ -10,55 +10,57 @@ from uuid import UUID
 from app.queue import Worker
 from app.queue.fleet import BacklogGroup, SpendSoFar
 
-Phase = Literal["booting", "up", "going_down", "down", "gone"]
-
-# Provider machine states (Fly's names; the local provider uses the same ones) by phase.
-_PHASES: dict[str, Phase] = {
-    "created": "booting",
-    "starting": "booting",
-    "replacing": "booting",
-    "updating": "booting",
-    "started": "up",
-    "stopping": "going_down",
-    "suspending": "going_down",
-    "destroying": "going_down",
-    "stopped": "down",
-    "suspended": "down",
-    "destroyed": "gone",
-    "replaced": "gone",
-    "failed": "gone",
-}
-
-
-def phase_of(state: str) -> Phase:
-    """Unknown states count as booting: billed and transient, so they are reported if they
-    last, and never counted as a worker that could take jobs."""
-    return _PHASES.get(state, "booting")
+# The interface's machine states (documented in scaler/providers/base.py): every provider maps
+# its own states onto these; the policy sees nothing else.
+MachineState = Literal["starting", "started", "stopping", "stopped", "failed", "gone"]
+MACHINE_STATES: tuple[MachineState, ...] = (
+    "starting",
+    "started",
+    "stopping",
+    "stopped",
+    "failed",
+    "gone",
+)
 
 
 @dataclass(frozen=True, slots=True)
 class Machine:
-    """One machine as its provider reports it."""
+    """One machine as its provider reports it, in the interface's terms."""
 
     id: str
-    state: str
+    state: str  # a MachineState (typed str so plain strings from simulators need no cast)
     size: str
-    hourly_usd: float
+    hourly_usd: float  # while billed (starting, started, stopping)
     state_since: datetime | None = None  # when it entered `state`, if the provider says
     region: str | None = None
-
-    @property
-    def phase(self) -> Phase:
-        return phase_of(self.state)
+    stopped_hourly_usd: float = 0.0  # while stopped or failed (e.g. its disk)
+    booted_at: datetime | None = None  # when its current boot began (start or create request)
+    provider_state: str | None = None  # the provider's own name for the state, for people
+    name: str | None = None  # the name given at create, if the provider keeps names
 
     @property
     def billed(self) -> bool:
-        """Started, starting or stopping: it costs money and counts toward the ceilings."""
-        return self.phase in ("booting", "up", "going_down")
+        """Starting, started or stopping: billed at the running price, counts toward the
+        ceilings as a machine."""
+        return self.state not in ("stopped", "failed", "gone")
 
     @property
     def startable(self) -> bool:
-        return self.phase == "down"
+        return self.state == "stopped"
+
+    @property
+    def rate_usd(self) -> float:
+        """What it costs per hour in its state now."""
+        if self.state == "gone":
+            return 0.0
+        return self.hourly_usd if self.billed else self.stopped_hourly_usd
+
+    @property
+    def boot(self) -> datetime | None:
+        """When its current boot began: a worker row from before it belongs to an earlier boot."""
+        if self.booted_at is not None:
+            return self.booted_at
+        return self.state_since if self.state in ("starting", "started") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class Fleet:
     create_size: str  # what the provider creates when asked for a new machine
     last_scale_up_at: datetime | None = None
     last_scale_down_at: datetime | None = None
+    create_hourly_usd: float | None = None  # the provider's price for a create; None: by size
 
     def sorted(self) -> list[FleetMachine]:
         return sorted(self.machines, key=lambda fm: fm.machine.id)
@@ -150,7 +153,7 @@ class Backlog:
 
 Spend = SpendSoFar
 
-ActionKind = Literal["start", "create", "undrain", "drain", "stop"]
+ActionKind = Literal["start", "create", "undrain", "drain", "stop", "destroy"]
 Direction = Literal["up", "down", "repair"]
 
 

@@ -2,26 +2,19 @@
 
 `plan(backlog, fleet, spend, settings, now)` never does I/O and is deterministic (machines are
 taken in id order), so `scaler plan`, `scaler once` and the simulator all run the same code.
-Every action carries a reason. The rules, in the order they apply:
+Every action carries a reason. The rules, in the order they apply (scaler/README.md):
 
-1. Budgets. When today's (or this month's) spend plus the fleet's rate over one scaler interval
-   reaches the budget, nothing starts, every worker is drained (a running job may finish) and
-   drained idle machines stop.
-2. Ceilings. `max_machines` and `max_hourly_usd` count every billed machine (starting, started,
-   stopping). A start must fit both, and must leave the daily and monthly budgets room for
-   `budget_lookahead` at the new rate. A fleet already over a ceiling is drained back under it.
-3. Scale up: the floor (`min_machines`) always; step rules on the queued backlog (a preview
-   weighs `preview_weight` jobs), queued work with no worker at all, or a preview with no idle
-   worker; not within `scale_up_cooldown` of the last scale-up (the floor ignores the cooldown).
-   A draining worker is taken back before a machine is started, a stopped machine is started
-   before a new one is created.
-4. Scale down, only with nothing runnable queued: workers idle longer than `scale_down_idle` are
-   drained (a draining worker claims nothing), not within `scale_down_cooldown` of the last one;
-   a drained worker's machine is stopped by a later run once its worker is seen idle. A machine
-   whose worker holds a job is never stopped.
-5. Repairs: a machine stuck in a transient state longer than `transient_timeout` is reported
-   and not counted as capacity; one that holds no job (stuck booting, no worker ever registered,
-   worker exited or lost) is stopped.
+1. Budgets reached: nothing starts, every worker is drained, drained idle machines stop.
+2. Ceilings: `max_machines` and `max_hourly_usd` count every billed machine (starting, started,
+   stopping, draining ones too) and stopped machines at their stopped price. A start must fit
+   both and leave the budgets room for `budget_lookahead`. A fleet over a ceiling is drained
+   back under it, and no draining worker is taken back while it is over.
+3. Scale up: the floor; step rules on the weighted backlog; queued work with no worker; not
+   within `scale_up_cooldown`. Undrain, then start a stopped machine, then create.
+4. Scale down, only with nothing runnable queued: idle workers drained, stopped once seen idle.
+   A machine whose worker holds a job is never stopped.
+5. Repairs: failed machines are destroyed; a machine stuck in a transient state, whose worker
+   exited or was lost, is stopped if it holds no job (scaler/seeing.py says which is which).
 """
 
 from __future__ import annotations
@@ -30,51 +23,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.settings import Settings
-from scaler.model import Action, Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.model import Action, Backlog, Fleet, Machine, Plan, Spend
+from scaler.seeing import Slot, age, fmt_duration, hourly_price, see, shown
+
+__all__ = ["fmt_duration", "hourly_price", "plan"]
 
 _EPS = 1e-9
-
-
-def hourly_price(settings: Settings, size: str) -> float:
-    """A size's price; an unknown size is priced as the configured machine size."""
-    prices = settings.machine_prices
-    return prices.get(size, prices[settings.machine_size])
-
-
-def fmt_duration(seconds: float) -> str:
-    """90 -> '1m30s', 600 -> '10m', 3900 -> '1h05m'."""
-    whole = max(0, round(seconds))
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s" if whole % 60 else f"{whole // 60}m"
-    return f"{whole // 3600}h{(whole % 3600) // 60:02d}m"
-
-
-def _age(since: datetime | None, now: datetime) -> float:
-    return (now - since).total_seconds() if since is not None else 0.0
-
-
-@dataclass
-class _Slot:
-    """A billed machine and what the policy concluded about it."""
-
-    fm: FleetMachine
-    role: str  # booting | idle | busy | draining_idle | draining_busy | stuck | lost | exited
-    note: str = ""
-
-    @property
-    def machine(self) -> Machine:
-        return self.fm.machine
-
-    @property
-    def holds_job(self) -> bool:
-        worker = self.fm.worker
-        return worker is not None and (worker.current_job_id is not None or worker.state == "busy")
-
-    @property
-    def capacity(self) -> bool:
-        return self.role in ("booting", "idle", "busy")
 
 
 @dataclass
@@ -86,77 +40,29 @@ class _Planner:
     now: datetime
     actions: list[Action] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    slots: list[_Slot] = field(default_factory=list)
+    slots: list[Slot] = field(default_factory=list)
     startable: list[Machine] = field(default_factory=list)
     stuck: list[str] = field(default_factory=list)
     stopping: set[str] = field(default_factory=set)
+    failed: list[Machine] = field(default_factory=list)
+    parked_usd: float = 0.0  # stopped and failed machines' rate (e.g. their disks)
+    added_usd: float = 0.0  # what the plan's starts and creates add to the rate
 
     # --- seeing ---------------------------------------------------------------------------
     def classify(self) -> None:
-        timeout = self.settings.transient_timeout
-        for fm in self.fleet.sorted():
-            machine, worker = fm.machine, fm.worker
-            if machine.phase == "gone":
-                continue
-            if machine.phase == "down":
-                self.startable.append(machine)
-                continue
-            age = _age(machine.state_since, self.now)
-            if machine.phase == "going_down":
-                if age > timeout:
-                    self.stuck.append(machine.id)
-                    self.notes.append(
-                        f"machine {machine.id} stuck in {machine.state} for {fmt_duration(age)}"
-                    )
-                self.slots.append(_Slot(fm, "going_down"))
-                continue
-            if worker is not None and worker.state == "stopped":
-                exited_before_boot = (
-                    worker.stopped_at is not None
-                    and machine.state_since is not None
-                    and worker.stopped_at < machine.state_since
-                )
-                if not exited_before_boot:
-                    self.slots.append(_Slot(fm, "exited", "its worker exited"))
-                    continue
-                worker = None
-            if worker is None or (
-                machine.phase == "booting" and worker.state not in ("idle", "busy")
-            ):
-                if age > timeout:
-                    what = (
-                        f"stuck in {machine.state}"
-                        if machine.phase == "booting"
-                        else "no worker registered"
-                    )
-                    self.stuck.append(machine.id)
-                    self.notes.append(f"machine {machine.id} {what} for {fmt_duration(age)}")
-                    self.slots.append(_Slot(fm, "stuck", f"{what} for {fmt_duration(age)}"))
-                else:
-                    self.slots.append(_Slot(fm, "booting"))
-                continue
-            silent = _age(worker.last_heartbeat_at, self.now)
-            if worker.state == "lost" or silent > timeout:
-                self.notes.append(
-                    f"machine {machine.id}: worker {worker.id} lost, no heartbeat for "
-                    f"{fmt_duration(silent)}"
-                )
-                self.slots.append(
-                    _Slot(fm, "lost", f"worker lost, no heartbeat for {fmt_duration(silent)}")
-                )
-                continue
-            busy = worker.current_job_id is not None or worker.state == "busy"
-            if worker.draining:
-                self.slots.append(_Slot(fm, "draining_busy" if busy else "draining_idle"))
-            else:
-                self.slots.append(_Slot(fm, "busy" if busy else "idle"))
+        seen = see(self.fleet, self.settings, self.now)
+        self.slots, self.startable, self.failed = seen.slots, seen.startable, seen.failed
+        self.stuck, self.parked_usd = seen.stuck, seen.parked_usd
+        self.notes.extend(seen.notes)
 
     @property
-    def capacity(self) -> list[_Slot]:
+    def capacity(self) -> list[Slot]:
         return [s for s in self.slots if s.capacity]
 
     def hourly(self) -> float:
-        return sum(s.machine.hourly_usd for s in self.slots)
+        """The fleet's rate now: billed machines at their running price, stopped and failed ones
+        at their stopped price."""
+        return sum(s.machine.hourly_usd for s in self.slots) + self.parked_usd
 
     # --- acting ---------------------------------------------------------------------------
     def add(self, action: Action) -> None:
@@ -164,7 +70,7 @@ class _Planner:
         if action.kind == "stop" and action.machine_id:
             self.stopping.add(action.machine_id)
 
-    def stop(self, slot: _Slot, reason: str, direction: str) -> None:
+    def stop(self, slot: Slot, reason: str, direction: str) -> None:
         if slot.holds_job or slot.machine.id in self.stopping:
             return
         worker = slot.fm.worker
@@ -180,7 +86,7 @@ class _Planner:
             )
         )
 
-    def drain(self, slot: _Slot, reason: str) -> None:
+    def drain(self, slot: Slot, reason: str) -> None:
         worker = slot.fm.worker
         assert worker is not None
         self.add(
@@ -197,11 +103,22 @@ class _Planner:
         slot.role = "draining_busy" if slot.role == "busy" else "draining_idle"
 
     def repairs(self) -> None:
+        for machine in self.failed:
+            self.add(
+                Action(
+                    "destroy",
+                    f"machine {machine.id} is {shown(machine)}: it cannot come back",
+                    "repair",
+                    machine_id=machine.id,
+                    size=machine.size,
+                    hourly_usd=machine.stopped_hourly_usd,
+                )
+            )
         for slot in self.slots:
             if slot.role in ("stuck", "lost", "exited"):
                 if (
                     slot.role == "lost"
-                    and _age(slot.fm.worker.last_heartbeat_at if slot.fm.worker else None, self.now)
+                    and age(slot.fm.worker.last_heartbeat_at if slot.fm.worker else None, self.now)
                     <= self.settings.transient_timeout
                 ):
                     continue  # reaped or slow: give it the transient timeout to come back
@@ -230,21 +147,34 @@ class _Planner:
                 self.stop(slot, f"{why}: stopping a machine that holds no job", "down")
 
     def shed_excess(self) -> bool:
-        """Bring a fleet that is over max_machines or max_hourly_usd back under them."""
+        """Bring a fleet that is over max_machines or max_hourly_usd back under them. Draining
+        workers are billed until their machines stop: they count, and are shed first (nothing
+        more to do for them). Returns whether the fleet was over a ceiling."""
         s = self.settings
-        staying = [s_ for s_ in self.slots if s_.role in ("booting", "idle", "busy")]
+        shedding = ("draining_idle", "draining_busy")
+        staying = [x for x in self.slots if x.role in ("booting", "idle", "busy", *shedding)]
         staying += [
-            s_
-            for s_ in self.slots
-            if s_.role in ("stuck", "lost", "exited") and s_.machine.id not in self.stopping
+            x
+            for x in self.slots
+            if x.role in ("stuck", "lost", "exited") and x.machine.id not in self.stopping
         ]
-        shed = False
-        order = {"booting": 0, "stuck": 0, "exited": 0, "lost": 1, "idle": 2, "busy": 3}
+        over = False
+        order = {
+            "draining_idle": 0,
+            "draining_busy": 0,
+            "booting": 1,
+            "stuck": 1,
+            "exited": 1,
+            "lost": 2,
+            "idle": 3,
+            "busy": 4,
+        }
         for slot in sorted(staying, key=lambda x: (order[x.role], x.machine.id)):
             count = len(staying)
-            rate = sum(x.machine.hourly_usd for x in staying)
+            rate = sum(x.machine.hourly_usd for x in staying) + self.parked_usd
             if count <= s.max_machines and rate <= s.max_hourly_usd + _EPS:
                 break
+            over = True
             why = (
                 f"over max_machines ({count} > {s.max_machines})"
                 if count > s.max_machines
@@ -252,11 +182,19 @@ class _Planner:
             )
             if slot.role in ("idle", "busy"):
                 self.drain(slot, f"{why}: draining")
-            elif not slot.holds_job:
+            elif slot.role not in shedding and not slot.holds_job:
                 self.stop(slot, f"{why}: stopping a machine that holds no job", "down")
             staying.remove(slot)
-            shed = True
-        return shed
+        return over
+
+    def over_ceiling(self) -> str | None:
+        """Why the billed fleet is over a ceiling now, or None: then no worker is taken back."""
+        s, billed, rate = self.settings, len(self.slots), self.hourly()
+        if billed > s.max_machines:
+            return f"max_machines {s.max_machines}: {billed} billed"
+        if rate > s.max_hourly_usd + _EPS:
+            return f"max_hourly_usd ${s.max_hourly_usd:.4f}/h: ${rate:.4f}/h billed"
+        return None
 
     def scale_up(self) -> int:
         """Returns how many machines were added (undrained, started or created)."""
@@ -276,7 +214,7 @@ class _Planner:
         if backlog.queued_previews > 0 and free == 0 and want < 1:
             want, reasons = 1, [f"{backlog.queued_previews} preview(s) queued and no idle worker"]
         if want and self.fleet.last_scale_up_at is not None:
-            left = s.scale_up_cooldown - _age(self.fleet.last_scale_up_at, self.now)
+            left = s.scale_up_cooldown - age(self.fleet.last_scale_up_at, self.now)
             if left > 0:
                 self.notes.append(
                     f"scale-up cooldown: {fmt_duration(left)} left ({'; '.join(reasons)})"
@@ -289,9 +227,16 @@ class _Planner:
             return 0
         reason = "; ".join(reasons)
         added = 0
-        for slot in sorted(
-            (x for x in self.slots if x.role in ("draining_idle", "draining_busy")),
-            key=lambda x: (x.role != "draining_idle", x.machine.id),
+        over = self.over_ceiling()
+        if over:
+            self.notes.append(f"not taking draining workers back ({reason}): {over}")
+        for slot in (
+            []
+            if over
+            else sorted(
+                (x for x in self.slots if x.role in ("draining_idle", "draining_busy")),
+                key=lambda x: (x.role != "draining_idle", x.machine.id),
+            )
         ):
             if added == want:
                 break
@@ -313,11 +258,14 @@ class _Planner:
         billed = len(self.slots)
         rate = self.hourly()
         candidates = iter(self.startable)
-        create_price = hourly_price(s, self.fleet.create_size)
+        create_price = self.fleet.create_hourly_usd
+        if create_price is None:
+            create_price = hourly_price(s, self.fleet.create_size)
         while added < want:
             machine = next(candidates, None)
             price = machine.hourly_usd if machine else create_price
-            blocked = self.ceiling(billed, rate, price)
+            adds = price - machine.stopped_hourly_usd if machine else price
+            blocked = self.ceiling(billed, rate, adds)
             if blocked:
                 self.notes.append(f"not starting more ({reason}): {blocked}")
                 break
@@ -343,7 +291,8 @@ class _Planner:
                     )
                 )
             billed += 1
-            rate += price
+            rate += adds
+            self.added_usd += adds
             added += 1
         return added
 
@@ -382,19 +331,19 @@ class _Planner:
             for x in self.slots
             if x.role == "idle"
             and x.fm.worker is not None
-            and _age(x.fm.worker.idle_since, self.now) >= s.scale_down_idle
+            and age(x.fm.worker.idle_since, self.now) >= s.scale_down_idle
         ]
         removable = len(self.capacity) - s.min_machines
         if not idle_long or removable <= 0:
             return
         if self.fleet.last_scale_down_at is not None:
-            left = s.scale_down_cooldown - _age(self.fleet.last_scale_down_at, self.now)
+            left = s.scale_down_cooldown - age(self.fleet.last_scale_down_at, self.now)
             if left > 0:
                 self.notes.append(f"scale-down cooldown: {fmt_duration(left)} left")
                 return
         for slot in idle_long[:removable]:
             assert slot.fm.worker is not None
-            idle = _age(slot.fm.worker.idle_since, self.now)
+            idle = age(slot.fm.worker.idle_since, self.now)
             self.drain(
                 slot,
                 f"idle {fmt_duration(idle)} >= scale_down_idle "
@@ -422,7 +371,7 @@ class _Planner:
         elif not self.shed_excess() and self.scale_up() == 0:
             self.scale_down()
         self.stop_drained(f"{exhausted}: drained and idle" if exhausted else "drained and idle")
-        order = {"stop": 0, "drain": 1, "undrain": 2, "start": 3, "create": 4}
+        order = {"destroy": 0, "stop": 0, "drain": 1, "undrain": 2, "start": 3, "create": 4}
         actions = sorted(self.actions, key=lambda a: (order[a.kind], a.machine_id or ""))
         target = len(self.capacity) + len([a for a in actions if a.kind in ("start", "create")])
         return Plan(
@@ -433,8 +382,7 @@ class _Planner:
             capacity=capacity_before,
             target=target,
             hourly_usd=hourly_before,
-            hourly_usd_after=hourly_before
-            + sum(a.hourly_usd for a in actions if a.kind in ("start", "create")),
+            hourly_usd_after=hourly_before + self.added_usd,
             budget_exhausted=exhausted is not None,
             stuck=tuple(self.stuck),
         )

@@ -8,42 +8,28 @@ same inputs and plans without acting or writing anything (`scaler plan`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.clock import Clock, SystemClock
 from app.db import Connection, connect
-from app.errors import QueueError
 from app.log import get_logger
-from app.queue import Queue
+from app.queue import Queue, Reaped
 from app.queue.fleet import MachineReport
 from app.settings import Settings
-from scaler.model import Action, Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.acting import ActionResult, Actor
+from scaler.model import Backlog, Fleet, FleetMachine, Machine, Plan, Spend
 from scaler.policy import plan as make_plan
 from scaler.providers.base import Provider, ProviderError
+
+# A provider's boot time and the database's clock may disagree: a worker row counts as an earlier
+# boot's only when it is older than the boot by this much (else the lease brings its job back).
+REBOOT_CLOCK_SKEW = timedelta(seconds=30)
 
 LOCKED_MESSAGE = (
     "another scaler run holds the lock (Postgres advisory lock): this run did nothing; "
     "the other one is acting"
 )
-
-
-@dataclass
-class ActionResult:
-    action: Action
-    ok: bool
-    detail: str = ""
-    machine_id: str | None = None  # the created machine's id for a create
-    error_kind: str | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            **self.action.as_json(),
-            "machine_id": self.machine_id or self.action.machine_id,
-            "ok": self.ok,
-            "detail": self.detail,
-            "error_kind": self.error_kind,
-        }
 
 
 @dataclass
@@ -54,6 +40,7 @@ class Inputs:
     now: datetime
     reaped: int = 0
     records: list[tuple[str, str, datetime]] = field(default_factory=list)
+    released: list[Reaped] = field(default_factory=list)  # jobs of dead workers, requeued
 
     def as_json(self, settings: Settings) -> dict[str, Any]:
         return {
@@ -71,6 +58,10 @@ class Inputs:
                 "hourly_usd": round(self.spend.hourly_usd, 6),
             },
             "reaped": self.reaped,
+            "released": [
+                {"job_id": str(r.job_id), "worker_id": str(r.worker_id), "status": r.status}
+                for r in self.released
+            ],
             "records": [
                 {"change": change, "machine_id": mid, "at": at.isoformat()}
                 for change, mid, at in self.records
@@ -150,24 +141,43 @@ class Scaler:
         self.clock = clock or SystemClock()
         self.queue = Queue(self.clock)
         self.log = get_logger(provider=provider.name)
+        self.actor = Actor(settings, provider, self.queue, self.log)
 
     # --- inputs ---------------------------------------------------------------------------
-    def gather(self, conn: Connection, machines: list[Machine], *, record: bool) -> Inputs:
+    def gather(
+        self,
+        conn: Connection,
+        machines: list[Machine],
+        *,
+        record: bool,
+        seen_at: datetime | None = None,
+    ) -> Inputs:
         records: list[tuple[str, str, datetime]] = []
+        released: list[Reaped] = []
         if record:
             records = self.queue.reconcile_machines(
                 conn,
                 provider=self.provider.name,
                 machines=[
-                    MachineReport(m.id, m.size, m.hourly_usd, m.billed, m.state_since)
+                    MachineReport(
+                        m.id,
+                        m.size,
+                        m.hourly_usd,
+                        m.billed,
+                        m.state_since,
+                        stopped_hourly_usd=m.stopped_hourly_usd,
+                        parked=m.state in ("stopped", "failed"),
+                    )
                     for m in machines
                 ],
             )
+            released = self.release_dead(conn, machines, records, seen_at or self.clock.now())
         workers = self.queue.fleet_workers(conn, [m.id for m in machines])
         history = self.queue.scale_history(conn)
         fleet = Fleet(
             machines=tuple(FleetMachine(m, workers.get(m.id)) for m in machines),
             create_size=self.provider.create_size,
+            create_hourly_usd=self.provider.create_price().running,
             last_scale_up_at=history.last_scale_up_at,
             last_scale_down_at=history.last_scale_down_at,
         )
@@ -177,7 +187,39 @@ class Scaler:
             spend=self.queue.spend(conn),
             now=self.clock.now(),
             records=records,
+            released=released,
         )
+
+    def release_dead(
+        self,
+        conn: Connection,
+        machines: list[Machine],
+        records: list[tuple[str, str, datetime]],
+        seen_at: datetime,
+    ) -> list[Reaped]:
+        """Machines reported stopped, failed or gone (or gone from the list): their workers are
+        dead, so their jobs go back to the queue now rather than when the lease runs out. So are
+        the workers of a machine's earlier boot (registered before its current one began)."""
+        gone = ("stopped", "failed", "gone")
+        down = {m.id: seen_at for m in machines if m.state in gone}
+        down |= {mid: seen_at for change, mid, _ in records if change == "closed"}
+        rebooted = {  # when the provider says its current boot began (never guessed)
+            m.id: m.booted_at - REBOOT_CLOCK_SKEW
+            for m in machines
+            if m.state not in gone and m.booted_at is not None
+        }
+        released = self.queue.release_dead_workers(
+            conn, down, rebooted=rebooted, backoff_base=self.settings.backoff_base
+        )
+        for item in released:
+            self.log.info(
+                "scaler_released_dead_worker_job",
+                job_id=str(item.job_id),
+                worker_id=str(item.worker_id),
+                status=item.status,
+                attempts=item.attempts,
+            )
+        return released
 
     def preview(self) -> tuple[Plan, Inputs]:
         """The plan for now, from the same inputs, acting on nothing and recording nothing."""
@@ -228,12 +270,12 @@ class Scaler:
                 errors=errors,
                 run_id=run.id,
             )
-        inputs = self.gather(conn, machines, record=not dry_run)
+        inputs = self.gather(conn, machines, record=not dry_run, seen_at=started)
         inputs.reaped = reaped
         plan = self._plan(inputs)
         for machine_id in plan.stuck:
             self.log.warning("scaler_machine_stuck", machine_id=machine_id)
-        results = [] if dry_run else self.act(conn, plan)
+        results = [] if dry_run else self.actor.act(conn, plan)
         for result in results:
             if not result.ok and result.error_kind:
                 errors.append(
@@ -245,7 +287,7 @@ class Scaler:
                     }
                 )
         if wait > 0 and results:
-            self.wait_for(results, wait)
+            self.actor.wait_for(results, wait)
         run = self.queue.record_run(
             conn,
             provider=self.provider.name,
@@ -257,7 +299,9 @@ class Scaler:
             dry_run=dry_run,
         )
         done = sum(r.ok for r in results)
-        self.log.info(
+        # an idle run (nothing to do, nothing failed) logs at debug: the loop runs every few s
+        log = self.log.info if results or errors else self.log.debug
+        log(
             "scaler_run",
             run_id=run.id,
             actions=len(results),
@@ -275,88 +319,3 @@ class Scaler:
             errors=errors,
             run_id=run.id,
         )
-
-    # --- acting ---------------------------------------------------------------------------
-    def act(self, conn: Connection, plan: Plan) -> list[ActionResult]:
-        results: list[ActionResult] = []
-        no_capacity: str | None = None
-        for action in plan.actions:
-            if action.kind == "create" and no_capacity:
-                results.append(
-                    ActionResult(
-                        action, False, f"skipped: the provider had no capacity ({no_capacity})"
-                    )
-                )
-                continue
-            try:
-                results.append(self._do(conn, action))
-            except ProviderError as exc:
-                self.log.warning(
-                    "scaler_action_failed",
-                    action=action.kind,
-                    machine_id=action.machine_id,
-                    kind=exc.kind,
-                    error=str(exc),
-                )
-                results.append(ActionResult(action, False, str(exc), error_kind=exc.kind))
-                if action.kind == "create" and exc.kind == "capacity":
-                    no_capacity = str(exc)
-            except QueueError as exc:
-                results.append(ActionResult(action, False, str(exc), error_kind="queue"))
-        return results
-
-    def _do(self, conn: Connection, action: Action) -> ActionResult:
-        name = self.provider.name
-        if action.kind in ("drain", "undrain"):
-            assert action.worker_id is not None
-            worker = self.queue.drain_worker(conn, action.worker_id, action.kind == "drain")
-            return ActionResult(action, True, f"worker {worker.id} draining={worker.draining}")
-        if action.kind == "stop":
-            assert action.machine_id is not None
-            if action.worker_id is not None:
-                worker = self.queue.get_worker(conn, action.worker_id)
-                if worker.current_job_id is not None or worker.state == "busy":
-                    return ActionResult(
-                        action, False, f"not stopped: worker {worker.id} took a job meanwhile"
-                    )
-            self.provider.stop(action.machine_id)
-            self.queue.machine_stop_requested(
-                conn, provider=name, machine_id=action.machine_id, reason=action.reason
-            )
-            return ActionResult(action, True, "stop requested")
-        if action.kind == "start":
-            assert action.machine_id is not None
-            self.provider.start(action.machine_id)
-            self.queue.machine_started(
-                conn,
-                provider=name,
-                machine_id=action.machine_id,
-                size=action.size or self.provider.create_size,
-                hourly_usd=action.hourly_usd,
-            )
-            return ActionResult(action, True, "start requested")
-        machine = self.provider.create()
-        self.queue.machine_started(
-            conn,
-            provider=name,
-            machine_id=machine.id,
-            size=machine.size,
-            hourly_usd=machine.hourly_usd,
-        )
-        return ActionResult(action, True, f"created {machine.id}", machine_id=machine.id)
-
-    def wait_for(self, results: list[ActionResult], timeout: float) -> None:
-        """After acting, wait (bounded) for started / stopped machines to get there; the outcome
-        is added to each result's detail."""
-        for result in results:
-            if not result.ok or result.action.kind not in ("start", "create", "stop"):
-                continue
-            machine_id = result.machine_id or result.action.machine_id
-            assert machine_id is not None
-            state = "stopped" if result.action.kind == "stop" else "started"
-            try:
-                reached = self.provider.wait(machine_id, state, timeout)
-            except ProviderError as exc:
-                result.detail += f"; wait failed: {exc}"
-                continue
-            result.detail += f"; {state}" if reached else f"; not {state} within {timeout:g}s"

@@ -65,3 +65,6 @@ ls -l "$OUT/demo-song"
 if [ "$MODEL" = "demucs_unittest" ]; then
   echo "(demucs_unittest is untrained: these files show the pipeline works, not real stems)"
 fi
+echo
+echo "In a browser: run .venv/bin/stemfleet up and open the link it prints: drop a song in, watch"
+echo "it go through the queue, play and mix its stems."

@@ -12,6 +12,18 @@ stamp=.venv/.installed-$(cat pyproject.toml | sha256sum | cut -c1-16)-${EXTRAS//
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
+# The browser tests drive Debian's Chromium through its chromedriver (nothing is downloaded at
+# test time): install both where missing.
+if [[ ",$EXTRAS," == *",dev,"* ]] && { [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing chromium and chromium-driver (for the browser tests)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    echo "note: the browser tests need /usr/bin/chromium and /usr/bin/chromedriver:" \
+      "sudo apt-get install chromium chromium-driver" >&2
+  fi
+fi
 if [ -f "$stamp" ]; then
   exit 0
 fi

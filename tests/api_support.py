@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import struct
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,11 +17,13 @@ from urllib.parse import quote
 import jwt
 import numpy as np
 import soundfile as sf
+import uvicorn
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from psycopg.conninfo import conninfo_to_dict
 
 from app.api.main import create_app
+from app.pgserver import free_port
 from app.settings import Settings, load_settings
 
 JWT_SECRET = "test-project-jwt-secret-with-at-least-32-characters"
@@ -90,6 +93,27 @@ def api_client(settings: Settings, **create: Any) -> Iterator[tuple[TestClient, 
     app = create_app(settings, **create)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client, app
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """`app` served by uvicorn on a free loopback port, lifespan and all; yields its base URL."""
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    ready = threading.Event()
+    for _ in range(500):  # bounded wait for the real startup
+        if server.started or not thread.is_alive():
+            break
+        ready.wait(0.02)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
 
 
 # --- audio made in memory ---------------------------------------------------------------------

@@ -154,3 +154,17 @@ def s3_env(s3_server: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+# --- the fake Fly Machines API (scaler tests) ------------------------------------------------
+
+
+@pytest.fixture
+def fake(clock: FakeClock) -> Iterator[Any]:
+    """A fake Fly Machines API on loopback that validates every request against the spec."""
+    from tests.fake_fly import FakeFly
+
+    server = FakeFly(clock)
+    server.start()
+    yield server
+    server.stop()

@@ -24,7 +24,7 @@ from app.migrate import bootstrap_sql, migrate
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = {name: ROOT / "docs" / name for name in ("deploy.md", "operations.md")}
 # Where a block can run: here (the suite runs it) or the account / tool it needs.
-RUNS = {"here", "fly", "supabase", "docker", "prometheus"}
+RUNS = {"here", "fly", "supabase", "docker", "prometheus", "runpod"}
 
 _FENCE = re.compile(
     r"^(?P<indent>[ ]*)```(?P<lang>[A-Za-z]*)(?P<info>[^\n]*)\n(?P<body>.*?)^(?P=indent)```[ ]*$",

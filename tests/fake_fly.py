@@ -17,15 +17,15 @@ import re
 import threading
 from collections import deque
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
-from openapi_schema_validator import OAS30Validator
 
 from app.clock import FakeClock
+from tests.openapi_check import LoopbackServer, SpecChecker
 
 SPEC_PATH = Path(__file__).parent / "data" / "fly-machines-openapi.yaml"
 SHARED_SPEC_PATH = (
@@ -37,18 +37,6 @@ API_PREFIX = "/v1"
 def load_spec() -> dict[str, Any]:
     spec: dict[str, Any] = yaml.safe_load(SPEC_PATH.read_text())
     return spec
-
-
-def _strict(node: Any) -> Any:
-    """additionalProperties: false on every object schema that lists its properties."""
-    if isinstance(node, dict):
-        out = {k: _strict(v) for k, v in node.items()}
-        if "properties" in out and "additionalProperties" not in out:
-            out["additionalProperties"] = False
-        return out
-    if isinstance(node, list):
-        return [_strict(v) for v in node]
-    return node
 
 
 @dataclass
@@ -77,14 +65,6 @@ class Fault:
 
 
 @dataclass
-class _Operation:
-    method: str
-    template: str
-    regex: re.Pattern[str]
-    op: dict[str, Any]
-
-
-@dataclass
 class _Machine:
     data: dict[str, Any]
     boot_left: int = 0
@@ -92,7 +72,7 @@ class _Machine:
     stop_left: int = 0
 
 
-class FakeFly:
+class FakeFly(LoopbackServer):
     def __init__(
         self,
         clock: FakeClock,
@@ -104,59 +84,28 @@ class FakeFly:
         self.clock = clock
         self.app, self.token, self.boot_ticks = app, token, boot_ticks
         self.spec = load_spec()
-        self.components = _strict(self.spec["components"])
-        self.operations = self._operations()
+        self.checker = SpecChecker(self.spec)
         self.machines: dict[str, _Machine] = {}
         self.calls: list[Call] = []
         self.violations: list[str] = []
         self.faults: deque[Fault] = deque()
         self.capacity_refusals = 0
+        self.start_refusals = 0
+        self.lost_create_answers: deque[int | None] = deque()
+        self.lost_answers = 0
+        self.created: list[str] = []  # machines made by Machines_create, answered or not
         self.next_boot_ticks: deque[int] = deque()
         self.next_stuck = 0
         self.list_gate: threading.Event | None = None
         self.list_entered = threading.Event()
         self._counter = 0
         self._lock = threading.RLock()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
     # --- lifecycle ------------------------------------------------------------------------
-    def start(self) -> str:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                fake._serve(self, "get")
-
-            def do_POST(self) -> None:
-                fake._serve(self, "post")
-
-            def do_DELETE(self) -> None:
-                fake._serve(self, "delete")
-
-            def do_PUT(self) -> None:
-                fake._serve(self, "put")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-        return self.url
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
     def stop(self) -> None:
         if self.list_gate is not None:
             self.list_gate.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        super().stop()
 
     # --- faults and time ------------------------------------------------------------------
     def fail(
@@ -178,6 +127,22 @@ class FakeFly:
         """The next creates fail for lack of capacity (412, status insufficient_capacity)."""
         with self._lock:
             self.capacity_refusals += times
+
+    def refuse_starts(self, times: int = 1) -> None:
+        """The next starts fail: no capacity on the machine's host (412)."""
+        with self._lock:
+            self.start_refusals += times
+
+    def lose_create_answers(self, times: int = 1, *, status: int | None = 500) -> None:
+        """The next creates make their machine but the answer is lost: a `status` (5xx) answer,
+        or (status None) the connection is closed without one, as after a timeout."""
+        with self._lock:
+            self.lost_create_answers.extend([status] * times)
+
+    def fail_machine(self, machine_id: str) -> None:
+        """The machine fails (Fly state `failed`), e.g. its host died."""
+        with self._lock:
+            self._set_state(self.machines[machine_id], "failed")
 
     def slow_start(self, ticks: int) -> None:
         """The next machine to start (or be created) takes `ticks` ticks in `starting`."""
@@ -223,11 +188,13 @@ class FakeFly:
         self._counter += 1
         return f"e2865{self._counter:09x}"
 
-    def _machine_json(self, machine_id: str, state: str, config: dict[str, Any]) -> dict[str, Any]:
+    def _machine_json(
+        self, machine_id: str, state: str, config: dict[str, Any], name: str | None = None
+    ) -> dict[str, Any]:
         now = self.clock.now().isoformat().replace("+00:00", "Z")
         return {
             "id": machine_id,
-            "name": f"worker-{machine_id[-4:]}",
+            "name": name or f"worker-{machine_id[-4:]}",
             "state": state,
             "region": "ord",
             "instance_id": f"01J{machine_id.upper()}",
@@ -242,13 +209,24 @@ class FakeFly:
             },
             "created_at": now,
             "updated_at": now,
+            "events": [],
         }
 
     def _set_state(self, machine: _Machine, state: str) -> None:
         machine.data["state"] = state
         machine.data["updated_at"] = self.clock.now().isoformat().replace("+00:00", "Z")
 
-    def _launch(self, machine: _Machine) -> None:
+    def _launch(self, machine: _Machine, event: str = "start") -> None:
+        machine.data["events"].insert(
+            0,
+            {
+                "id": f"01EV{len(machine.data['events']):06d}",
+                "type": event,
+                "status": "started" if event == "start" else "created",
+                "source": "user",
+                "timestamp": int(self.clock.now().timestamp() * 1000),
+            },
+        )
         machine.boot_left = (
             self.next_boot_ticks.popleft() if self.next_boot_ticks else (self.boot_ticks)
         )
@@ -268,20 +246,6 @@ class FakeFly:
             self._set_state(machine, "stopped")
 
     # --- HTTP -----------------------------------------------------------------------------
-    def _operations(self) -> list[_Operation]:
-        ops = []
-        for template, item in self.spec["paths"].items():
-            pattern = re.sub(r"\{([^}]+)\}", r"(?P<\1>[^/]+)", template)
-            for method, op in item.items():
-                ops.append(_Operation(method, template, re.compile(f"^{pattern}$"), op))
-        return ops
-
-    def _validator(self, schema: dict[str, Any]) -> OAS30Validator:
-        return OAS30Validator({**_strict(schema), "components": self.components})
-
-    def _check(self, schema: dict[str, Any], value: Any, what: str) -> list[str]:
-        return [f"{what}: {e.message}" for e in self._validator(schema).iter_errors(value)]
-
     def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
         url = urlsplit(handler.path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
@@ -297,6 +261,18 @@ class FakeFly:
         status, payload, headers, operation = self._respond(
             handler, method, url.path, query, body, problems
         )
+        if operation == "Machines_create" and status == 200:
+            with self._lock:
+                lost = self.lost_create_answers.popleft() if self.lost_create_answers else 0
+            if lost != 0:  # made, but the answer never reaches the client
+                self.lost_answers += 1
+                if lost is None:
+                    with self._lock:
+                        self.calls.append(Call("POST", url.path, operation, query, body, 200))
+                    handler.close_connection = True
+                    handler.connection.shutdown(2)
+                    return
+                status, payload, headers = lost, {"error": "upstream timeout"}, {}
         data = b"" if payload is None else json.dumps(payload).encode()
         # recorded before the answer goes out: a client that got its answer sees its call
         with self._lock:
@@ -324,18 +300,13 @@ class FakeFly:
         if not path.startswith(API_PREFIX):
             self.violations.append(f"{method.upper()} {path}: not under {API_PREFIX}")
             return 404, {"error": "not found"}, {}, None
-        found = None
-        for op in self.operations:
-            match = op.regex.match(path[len(API_PREFIX) :])
-            if match and op.method == method:
-                found = (op, match.groupdict())
-                break
+        found = self.checker.find(method, path[len(API_PREFIX) :])
         if found is None:
             self.violations.append(f"{method.upper()} {path}: no such operation in the spec")
             return 404, {"error": "not found"}, {}, None
         op, params = found
         name = op.op["operationId"]
-        problems += self._check_request(op, params, query, body)
+        problems += self.checker.request_problems(op, params, query, body)
         if problems:
             self.violations.extend(f"{name}: {p}" for p in problems)
             return 400, {"error": "; ".join(problems)}, {}, name
@@ -356,36 +327,8 @@ class FakeFly:
         with self._lock:
             status, payload = self._operate(name, params, query, body)
         if status == 200 and payload is not None:
-            schema = op.op["responses"]["200"].get("content", {}).get("application/json", {})
-            if "schema" in schema:
-                self.violations.extend(self._check(schema["schema"], payload, f"{name} response"))
+            self.violations.extend(self.checker.response_problems(op, status, payload))
         return status, payload, {}, name
-
-    def _check_request(
-        self, op: _Operation, params: dict[str, str], query: dict[str, str], body: Any
-    ) -> list[str]:
-        problems = []
-        declared = {p["name"]: p for p in op.op.get("parameters", [])}
-        for key, value in query.items():
-            param = declared.get(key)
-            if param is None or param["in"] != "query":
-                problems.append(f"query parameter {key!r} is not in the spec")
-                continue
-            problems += self._check(param["schema"], _coerce(value, param["schema"]), key)
-        for param in declared.values():
-            if param.get("required") and param["in"] == "query" and param["name"] not in query:
-                problems.append(f"missing required query parameter {param['name']!r}")
-        request = op.op.get("requestBody")
-        if request is None:
-            if body is not None:
-                problems.append("this operation takes no body")
-        elif body is None:
-            if request.get("required"):
-                problems.append("a body is required")
-        else:
-            schema = request["content"]["application/json"]["schema"]
-            problems += self._check(schema, body, "body")
-        return problems
 
     def _operate(
         self, name: str, params: dict[str, str], query: dict[str, str], body: Any
@@ -399,11 +342,15 @@ class FakeFly:
                     "error": "insufficient resources to create new machine",
                     "status": "insufficient_capacity",
                 }
+            name = body.get("name")
+            if name and any(m.data["name"] == name for m in self.machines.values()):
+                return 409, {"error": f"a machine named {name} already exists"}
             machine_id = self._new_id()
-            machine = _Machine(self._machine_json(machine_id, "created", body["config"]))
+            machine = _Machine(self._machine_json(machine_id, "created", body["config"], name))
             if body.get("region"):
                 machine.data["region"] = body["region"]
-            self._launch(machine)
+            self._launch(machine, "launch")
+            self.created.append(machine_id)
             self.machines[machine_id] = machine
             return 200, copy.deepcopy(machine.data)
         machine = self.machines.get(params.get("machine_id", ""))
@@ -417,8 +364,19 @@ class FakeFly:
                 return 200, None
             if state != "stopped":
                 return 412, {"error": f"failed_precondition: machine is {state}"}
+            if self.start_refusals > 0:
+                self.start_refusals -= 1
+                return 412, {
+                    "error": "insufficient resources to start the machine on its host",
+                    "status": "insufficient_capacity",
+                }
             self._set_state(machine, "starting")
             self._launch(machine)
+            return 200, None
+        if name == "Machines_delete":
+            if state not in ("stopped", "failed", "created", "suspended"):
+                return 412, {"error": f"failed_precondition: machine is {state}, stop it first"}
+            del self.machines[params["machine_id"]]
             return 200, None
         if name == "Machines_stop":
             if state in ("stopped", "stopping"):
@@ -433,15 +391,3 @@ class FakeFly:
             self.clock.advance(float(query.get("timeout", 60)))
             return 408, {"error": f"deadline_exceeded: machine is {state}, not {wanted}"}
         return 501, {"error": f"{name} is not implemented by the fake"}
-
-
-def _coerce(value: str, schema: dict[str, Any]) -> Any:
-    kind = schema.get("type")
-    if kind == "integer":
-        try:
-            return int(value)
-        except ValueError:
-            return value
-    if kind == "boolean":
-        return {"true": True, "false": False}.get(value, value)
-    return value

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from app.clock import FakeClock
 from app.queue import Worker
 from app.settings import Settings, load_settings
 from scaler.model import Backlog, Fleet, FleetMachine, Machine, Plan, Spend
+from scaler.providers.fly import FlyProvider
+from scaler.reconcile import Scaler
+from tests.fake_fly import FakeFly
+from tests.worker_helpers import libpq_url
 
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
 PRICE = 0.3556  # performance-8x
@@ -61,8 +67,20 @@ def machine(
     since: float = 3600.0,
     size: str = "performance-8x",
     price: float = PRICE,
+    stopped_price: float = 0.0,
+    booted: float | None = None,
 ) -> Machine:
-    return Machine(machine_id, state, size, price, state_since=ago(since))
+    """A machine in `state` (an interface state) for `since` seconds, its current boot begun
+    `booted` seconds ago (None: when it entered a starting/started state)."""
+    return Machine(
+        machine_id,
+        state,
+        size,
+        price,
+        state_since=ago(since),
+        stopped_hourly_usd=stopped_price,
+        booted_at=ago(booted) if booted is not None else None,
+    )
 
 
 def worker(
@@ -86,9 +104,9 @@ def worker(
         draining=draining,
         current_job_id=uuid.uuid5(uuid.NAMESPACE_URL, machine_id) if holds else None,
         started_at=ago(started),
-        last_heartbeat_at=ago(heartbeat),
+        last_heartbeat_at=ago(min(heartbeat, started)),
         idle_since=None if holds else ago(idle),
-        stopped_at=ago(1.0) if state == "stopped" else None,
+        stopped_at=ago(min(heartbeat, started)) if state == "stopped" else None,
     )
 
 
@@ -120,15 +138,34 @@ def backlog(separate: int = 0, preview: int = 0, running: int = 0) -> Backlog:
     return Backlog.of(separate=separate, preview=preview, running=running, oldest=ago(120))
 
 
+def of_this_boot(fm: FleetMachine) -> Worker | None:
+    """The machine's worker row if it belongs to the machine's current boot (registered or heard
+    from since the boot began)."""
+    w, boot = fm.worker, fm.machine.boot
+    if w is None or boot is None:
+        return w
+    return w if w.started_at >= boot or w.last_heartbeat_at >= boot else None
+
+
+def rate_of(the_fleet: Fleet) -> float:
+    """The fleet's $/h: billed machines at their running price, the others at their stopped one."""
+    return sum(fm.machine.rate_usd for fm in the_fleet.machines)
+
+
 def check_plan(result: Plan, the_fleet: Fleet, the_settings: Settings, the_spend: Spend) -> None:
     """Invariants every plan keeps, whatever its inputs."""
     by_id = {fm.machine.id: fm for fm in the_fleet.machines}
+    billed = sum(fm.machine.billed for fm in the_fleet.machines)
     for action in result.actions:
         assert action.reason.strip(), action
+        if action.kind == "destroy":  # only what cannot come back
+            assert by_id[action.machine_id or ""].machine.state == "failed", action
         if action.kind == "stop":
-            fm = by_id[action.machine_id or ""]
-            w = fm.worker
+            w = of_this_boot(by_id[action.machine_id or ""])
             assert w is None or (w.current_job_id is None and w.state != "busy"), action
+        if action.kind == "undrain":  # taking a worker back must fit both ceilings
+            assert billed <= the_settings.max_machines, action
+            assert rate_of(the_fleet) <= the_settings.max_hourly_usd + 1e-9, action
     starts = result.starts
     if starts:
         billed_after = result.billed + len(starts)
@@ -139,3 +176,57 @@ def check_plan(result: Plan, the_fleet: Fleet, the_settings: Settings, the_spend
         assert the_spend.month_usd + ahead <= the_settings.monthly_budget_usd + 1e-9
         started = [a.machine_id for a in starts if a.machine_id]
         assert len(started) == len(set(started))
+
+
+class Sleeps:
+    """A provider's sleep in tests: records each delay and moves the fake clock instead of
+    waiting."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock, self.delays = clock, []  # type: ignore[var-annotated]
+
+    def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+        self.clock.advance(seconds)
+
+
+def fly_settings(fake: FakeFly, db_url: str = "", **overrides: Any) -> Settings:
+    """Settings for the Fly provider talking to `fake` (and the database at `db_url`)."""
+    return settings(
+        provider="fly",
+        fly_api_url=fake.url,
+        fly_api_token=fake.token,
+        fly_app=fake.app,
+        database_url=libpq_url(db_url) if db_url else "",
+        **overrides,
+    )
+
+
+def fly_scaler(fake: FakeFly, clock: FakeClock, db_url: str, **overrides: Any) -> Scaler:
+    """A scaler on the fake Fly whose waits move the fake clock instead of sleeping."""
+    the_settings = fly_settings(fake, db_url, **overrides)
+    fly = FlyProvider(
+        the_settings, template=TEMPLATE, clock=clock, sleep=clock.advance, rng=random.Random(5)
+    )
+    return Scaler(the_settings, fly, database_url=db_url, clock=clock)
+
+
+def apply_plan(result: Plan, the_fleet: Fleet) -> Fleet:
+    """The fleet as the next run sees it, the world standing still otherwise: drains and
+    undrains applied, stopped machines stopped (their workers gone), started ones started."""
+    flips = {a.machine_id: a.kind == "drain" for a in result.of_kind("drain", "undrain")}
+    stopped = {a.machine_id for a in result.of_kind("stop", "destroy")}
+    started = {a.machine_id for a in result.of_kind("start")}
+    items = []
+    for fm in the_fleet.machines:
+        m, w = fm.machine, fm.worker
+        if m.id in stopped:
+            items.append(FleetMachine(machine(m.id, "stopped", since=0, price=m.hourly_usd)))
+            continue
+        if m.id in started:
+            m = machine(m.id, "started", since=0, price=m.hourly_usd)
+        if w is not None and m.id in flips:
+            busy = w.current_job_id is not None or w.state == "busy"
+            w = worker(m.id, w.state, draining=flips[m.id], job=busy)
+        items.append(FleetMachine(m, w))
+    return fleet(*items, create_size=the_fleet.create_size)

@@ -15,14 +15,12 @@ from typing import Any
 import httpx
 import pytest
 import soundfile as sf
-import uvicorn
 
 from app.api.main import create_app
 from app.db import as_user, connect
-from app.pgserver import free_port
 from app.settings import Settings, load_settings
 from app.storage import input_key, storage_from_settings
-from tests.api_support import USER_A, USER_B, api_settings, audio_bytes, bearer
+from tests.api_support import USER_A, USER_B, api_settings, audio_bytes, bearer, served
 from worker.loop import Worker
 from worker.separation import Separator
 
@@ -54,22 +52,8 @@ def settings(db_url: str, s3_env: dict[str, str], tmp_path: Path) -> Settings:
 @pytest.fixture
 def server(settings: Settings) -> Iterator[str]:
     """The API served by uvicorn on a free loopback port, lifespan and all."""
-    port = free_port()
-    config = uvicorn.Config(
-        create_app(settings), host="127.0.0.1", port=port, log_level="warning", lifespan="on"
-    )
-    served = uvicorn.Server(config)
-    thread = threading.Thread(target=served.run, daemon=True)
-    thread.start()
-    ready = threading.Event()
-    for _ in range(500):  # bounded wait for the real startup
-        if served.started or not thread.is_alive():
-            break
-        ready.wait(0.02)
-    assert served.started, "uvicorn did not start"
-    yield f"http://127.0.0.1:{port}"
-    served.should_exit = True
-    thread.join(timeout=30)
+    with served(create_app(settings)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -170,3 +170,22 @@ def test_float32_wav_keeps_values_and_integer_formats_clamp(tmp_path: Path) -> N
     assert sf.read(str(tmp_path / "float.wav"))[0].max() == pytest.approx(1.5)
     assert sf.read(str(tmp_path / "int.wav"))[0].max() == pytest.approx(1.0, abs=1e-4)
     assert sf.read(str(tmp_path / "int.wav"))[0].min() >= 0.99  # no wrap-around
+
+
+def test_nan_inf_and_too_short_inputs_say_what_is_wrong(tmp_path: Path) -> None:
+    data = np.full((SR, 2), 0.1, dtype=np.float32)
+    data[SR // 2, 1] = np.nan
+    sf.write(str(tmp_path / "nan.wav"), data, SR, subtype="FLOAT")
+    for decoded in (
+        lambda: decode(tmp_path / "nan.wav", samplerate=SR, channels=2),
+        lambda: list(iter_decode(tmp_path / "nan.wav", samplerate=SR, channels=2)),
+    ):
+        with pytest.raises(PermanentJobError, match="not numbers") as info:
+            decoded()
+        assert info.value.kind == "not_finite"
+        assert "0.500 s" in str(info.value)
+
+    sf.write(str(tmp_path / "one.wav"), np.zeros((1, 2), dtype=np.float32), SR, subtype="FLOAT")
+    error = _error(tmp_path / "one.wav")
+    assert error.kind == "too_short"
+    assert "at least 0.1 s" in str(error)

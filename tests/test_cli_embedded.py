@@ -218,6 +218,24 @@ def _wait_for_line(lines: queue.Queue[str], text: str, timeout: float) -> list[s
     raise AssertionError(f"no line with {text!r} within {timeout}s; got:\n{''.join(seen)}")
 
 
+def start_up(
+    env: dict[str, str], cwd: Path, *args: str
+) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    """`stemfleet up ARGS` in its own session; its output arrives line by line in the queue."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "up", *args],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
+    return process, lines
+
+
 @dataclass
 class Up:
     process: subprocess.Popen[str]
@@ -238,20 +256,11 @@ def up(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Up]:
     repo, model = write_random_htdemucs_repo(tmp / "models")
     env = _environment(folder, tmp, STEMFLEET_MODEL_REPO=str(repo))
     port = free_port()
-    process = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "app.cli", "up", "--logs"),
-            *("--port", str(port), "--scaler-interval", "1"),
-        ],
-        env={**env, "STEMFLEET_MIN_MACHINES": "1"},
-        cwd=tmp,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    process, lines = start_up(
+        {**env, "STEMFLEET_MIN_MACHINES": "1"},
+        tmp,
+        *("--logs", "--port", str(port), "--scaler-interval", "1"),
     )
-    lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
     try:
         banner = "".join(_wait_for_line(lines, "Press Ctrl-C", 120))
         assert f"http://127.0.0.1:{port}" in banner

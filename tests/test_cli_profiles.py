@@ -181,7 +181,8 @@ def test_progress_prints_plain_lines_off_a_terminal() -> None:
     for fraction in (0.0, 0.1, 0.3, 0.55, 0.6, 1.0):
         board.update("a.wav", "running", fraction)
     board.update("b.wav", "failed", note="no such file: b.wav")
-    board.update("a.wav", "downloading", 0.5)
+    board.update("a.wav", "downloading", 1.0, note="stems 40%")
+    board.update("a.wav", "downloading", 1.0, note="stems 80%")  # no line for each percent
     board.update("a.wav", "done", 1.0, note="4 stems in out/a")
     board.close()
 
@@ -209,3 +210,26 @@ def test_progress_redraws_in_place_on_a_terminal() -> None:
     last = frames[-1].replace("\x1b[2K", "").splitlines()
     assert last[0].startswith("a.wav  running     [############............]  50%")
     assert last[1].startswith("b.wav  queued")
+
+
+def test_progress_bar_never_moves_back_within_an_attempt() -> None:
+    out = io.StringIO()
+    board = ProgressBoard(["a.wav"], stream=out, tty=True)
+    board.update("a.wav", "running", 0.5)
+    board.update("a.wav", "running", 0.25)  # an older row seen late: the bar stays at 50%
+    assert board.fraction("a.wav") == 0.5
+    board.update("a.wav", "running", 1.0)
+    board.update("a.wav", "downloading", 0.0)  # the stems' download does not empty the bar
+    assert board.fraction("a.wav") == 1.0
+    board.update("a.wav", "downloading", 1.0, note="stems 50%")
+    board.close()
+    last = out.getvalue().split("\x1b[1F")[-1].replace("\x1b[2K", "")
+    assert last.startswith("a.wav  downloading [########################] 100%  stems 50%")
+
+
+def test_progress_bar_starts_again_with_a_new_attempt() -> None:
+    board = ProgressBoard(["a.wav"], stream=io.StringIO())
+    board.update("a.wav", "running", 0.75)
+    board.update("a.wav", "queued", note="attempt 2 of 3")  # the worker went down: requeued
+    board.update("a.wav", "running", 0.1)
+    assert board.fraction("a.wav") == 0.1

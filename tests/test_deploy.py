@@ -218,7 +218,7 @@ def test_the_scaler_creates_a_worker_from_the_template_on_a_spec_checked_fly_api
             "STEMFLEET_FLY_REGION": "iad",
         }
         provider = FlyProvider(settings_from(env, monkeypatch), clock=clock, sleep=clock.advance)
-        created = provider.create()
+        created = provider.create("stemfleet-worker-deploy", 10.0)
         fake.tick(3)
         listed = provider.list()
         provider.close()
@@ -305,7 +305,7 @@ def ignored(path: str, patterns: list[str]) -> bool:
 
 def test_dockerfile_has_a_slim_api_target_and_a_cuda_worker_target() -> None:
     stages = dockerfile_stages()
-    assert set(stages) == {"api", "worker"}
+    assert set(stages) == {"api", "worker", "gpu-worker"}
 
     api = stages["api"]
     assert api.base.startswith("python:") and "slim" in api.base
@@ -319,12 +319,12 @@ def test_dockerfile_has_a_slim_api_target_and_a_cuda_worker_target() -> None:
     worker = stages["worker"]
     assert worker.base.startswith("nvidia/cuda:")
     worker_runs = worker.args("RUN")
-    torch_install = next(r for r in worker_runs if 'pip install "torch==' in r)
-    assert "--index-url" in torch_install
+    assert "pip install ${TORCH_SPEC}" in worker_runs, "torch comes from TORCH_SPEC only"
     args = dict(a.partition("=")[::2] for a in worker.args("ARG"))
     assert re.search(r"/whl/cu\d+$", args["TORCH_INDEX"]), "torch built for CUDA by default"
+    assert args["TORCH_SPEC"] == '"torch==${TORCH_VERSION} --index-url ${TORCH_INDEX}"'
     # torch is installed before the package, so pip never resolves torch itself
-    order = [i for i, r in enumerate(worker_runs) if "torch==" in r or '".[worker]"' in r]
+    order = [i for i, r in enumerate(worker_runs) if "TORCH_SPEC" in r or '".[worker]"' in r]
     assert len(order) == 2 and order[0] < order[1]
     fetch = next(r for r in worker_runs if "scripts/fetch_model.py" in r)
     assert "--dest /models" in fetch and "--random-weights" not in fetch
@@ -334,7 +334,17 @@ def test_dockerfile_has_a_slim_api_target_and_a_cuda_worker_target() -> None:
     assert json.loads(worker.args("CMD")[-1]) == ["stemfleet", "worker"]
     assert_cli_command(json.loads(worker.args("CMD")[-1]))
 
-    for stage in stages.values():
+    gpu = stages["gpu-worker"]
+    assert gpu.base == "worker", "the GPU worker is the worker image, checked and configured"
+    check = " ".join(gpu.args("RUN"))
+    assert "torch.version.cuda" in check and "sys.exit" in check, "no CPU torch in a GPU image"
+    gpu_env = dockerfile_env("gpu-worker")
+    assert gpu_env["STEMFLEET_DEVICE"] == "cuda" and gpu_env["STEMFLEET_REQUIRE_GPU"] == "true"
+    assert load_settings(device="cuda", require_gpu=True).require_gpu
+    assert_known_settings(gpu_env, "Dockerfile gpu-worker")
+    assert json.loads(gpu.args("CMD")[-1]) == ["stemfleet", "worker"]
+
+    for stage in (s for s in stages.values() if s.base not in stages):
         assert stage.args("USER") == ["stemfleet"], "images run unprivileged"
         env = dockerfile_env(stage.name)
         # `pip install .` puts the code in site-packages: migrations are read from the copy

@@ -31,6 +31,8 @@ from app.db import Connection, as_user, connect
 from app.pgserver import free_port
 from app.queue import Queue
 from app.settings import ENV_PREFIX, Settings
+from scaler.providers.runpod_settings import PREFIX as RUNPOD_PREFIX
+from scaler.providers.runpod_settings import RunPodSettings
 from tests.audio_fixtures import write_clip
 from tests.deploy_support import (
     CRON_NET_VAULT_STANDIN,
@@ -191,6 +193,7 @@ def test_every_doc_block_says_what_it_is_and_where_it_runs() -> None:
 
 def test_blocks_that_need_an_account_are_well_formed() -> None:
     settings = {ENV_PREFIX + name.upper() for name in Settings.model_fields} | NON_SETTINGS
+    settings |= {RUNPOD_PREFIX + name.upper() for name in RunPodSettings.model_fields}
     apps = {tomllib.loads((ROOT / "fly.toml").read_text())["app"], WORKER_APP}
     stages = set(re.findall(r"^FROM \S+ AS (\w+)", (ROOT / "Dockerfile").read_text(), re.M))
     checked = 0

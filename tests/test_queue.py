@@ -11,7 +11,7 @@ import pytest
 
 from app.clock import FakeClock
 from app.db import Connection, Listener, connect
-from app.errors import InvalidTransition, LeaseLost
+from app.errors import InvalidTransition, LeaseLost, ModelNotServed
 from app.queue import QUEUED_CHANNEL, Job, Queue
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000000a")
@@ -300,7 +300,7 @@ def test_prune_removes_only_old_finished_rows(
     assert remaining == [keep_queued.id]
 
 
-def test_claim_and_complete_skip_the_flush_wait_for_their_own_transaction_only(
+def test_claim_skips_the_flush_wait_for_its_own_transaction_only_and_complete_waits(
     queue: Queue, conn: Connection
 ) -> None:
     def setting() -> str:
@@ -317,12 +317,52 @@ def test_claim_and_complete_skip_the_flush_wait_for_their_own_transaction_only(
         (claimed,) = queue.claim(conn, w, lease=60)
         assert setting() == "off"
     assert setting() == "on"  # nothing leaks into the (pooled) session
+    conn.execute("set synchronous_commit = off")
     with conn.transaction():
         queue.complete(conn, claimed, output={})
-        assert setting() == "off"
-    assert setting() == "on"
+        assert setting() == "on"  # a completion is never lost (tests/test_queue_crash.py)
+    assert setting() == "off"
+    conn.execute("set synchronous_commit = on")
     assert queue.get(conn, job.id).status == "succeeded"
     other = enqueue(queue, conn)
     with conn.transaction():
         queue.cancel(conn, other.id, reason="no")
         assert setting() == "on"
+
+
+def test_a_job_must_name_a_model_the_fleet_serves(queue: Queue, conn: Connection) -> None:
+    """Checked at insert (both paths: queue.enqueue here, a Supabase-client insert in
+    test_security), so a model no worker can load never reaches a worker."""
+    assert enqueue(queue, conn, params={"model": "htdemucs_ft"}).status == "queued"
+    assert enqueue(queue, conn, params={}).status == "queued"  # the fleet's default
+    with pytest.raises(ModelNotServed, match=r"'my_model' is not served.*htdemucs_ft"):
+        enqueue(queue, conn, params={"model": "my_model"})
+
+    queue.serve_models(conn, ["my_model"])  # a worker (or the API) that has it started
+    assert enqueue(queue, conn, params={"model": "my_model"}).params == {"model": "my_model"}
+
+
+def test_progress_moves_forward_within_an_attempt_and_restarts_with_the_next(
+    queue: Queue, conn: Connection, clock: FakeClock
+) -> None:
+    job = enqueue(queue, conn)
+    w = worker(queue, conn)
+    (first,) = queue.claim(conn, w, lease=60)
+    seen = []
+    for value in (0.25, 0.0, 0.5, 0.4, None, 1.0):
+        queue.heartbeat(conn, first, progress=value, lease=60)
+        seen.append(queue.get(conn, job.id).progress)
+    assert seen == [0.25, 0.25, 0.5, 0.5, 0.5, 1.0]
+
+    requeued = queue.fail(
+        conn, first, error="storage down", error_kind="storage", retryable=True, backoff_base=0
+    )
+    assert (requeued.status, requeued.progress) == ("queued", 0)  # no stale progress
+
+    (second,) = queue.claim(conn, w, lease=60)
+    assert second.progress == 0
+    queue.heartbeat(conn, second, progress=0.3, lease=60)
+    clock.advance(61)
+    (reaped,) = queue.reap(conn, backoff_base=0)
+    assert reaped.status == "queued"
+    assert queue.get(conn, job.id).progress == 0

@@ -155,3 +155,34 @@ def test_scaler_run_loops_until_sigterm(db_url: str, tmp_path: Path) -> None:
         if loop.poll() is None:
             loop.kill()
             loop.wait()
+
+
+def test_an_idle_scaler_loop_prints_and_logs_only_what_changed(db_url: str, tmp_path: Path) -> None:
+    """`stemfleet up` runs the scaler every 2 s: with nothing to do, its first run is said and
+    the others are not (they are still recorded, and logged at debug level)."""
+    env = command_env(db_url, tmp_path, provider="local", log_level="DEBUG")
+    loop = subprocess.Popen(
+        scaler_command("run", "--interval", "0.05"),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert loop.stderr is not None
+        runs = []
+        for line in loop.stderr:  # until six runs have been logged
+            if '"scaler_run"' in line:
+                runs.append(json.loads(line))
+                if len(runs) == 6:
+                    break
+        loop.send_signal(signal.SIGTERM)
+        out, _ = loop.communicate(timeout=60)
+    finally:
+        if loop.poll() is None:
+            loop.kill()
+            loop.wait()
+    assert [run["level"] for run in runs] == ["debug"] * 6
+    said = [line for line in out.splitlines() if line.startswith("run ")]
+    assert len(said) == 1, out

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,29 +17,14 @@ from app.clock import FakeClock
 from app.db import Connection
 from app.errors import ConfigError
 from app.queue import Queue
-from app.settings import Settings
 from scaler.providers.base import ProviderError
-from scaler.providers.fly import (
-    FlyProvider,
-    TokenBucket,
-    backoff_delay,
-    load_template,
-    retry_after_seconds,
-)
+from scaler.providers.fly import FlyProvider, load_template
+from scaler.providers.http import TokenBucket, backoff_delay, retry_after_seconds
 from scaler.reconcile import Scaler
 from tests.fake_fly import SHARED_SPEC_PATH, SPEC_PATH, FakeFly
-from tests.scaler_support import TEMPLATE, settings
-from tests.worker_helpers import libpq_url
+from tests.scaler_support import TEMPLATE, fly_settings, settings
 
 USER = uuid.UUID("00000000-0000-4000-8000-0000000005f1")
-
-
-@pytest.fixture
-def fake(clock: FakeClock) -> Iterator[FakeFly]:
-    server = FakeFly(clock)
-    server.start()
-    yield server
-    server.stop()
 
 
 class Sleeps:
@@ -52,17 +36,6 @@ class Sleeps:
     def __call__(self, seconds: float) -> None:
         self.delays.append(seconds)
         self.clock.advance(seconds)
-
-
-def fly_settings(fake: FakeFly, db_url: str = "", **overrides: Any) -> Settings:
-    return settings(
-        provider="fly",
-        fly_api_url=fake.url,
-        fly_api_token=fake.token,
-        fly_app=fake.app,
-        database_url=libpq_url(db_url) if db_url else "",
-        **overrides,
-    )
 
 
 def provider(fake: FakeFly, clock: FakeClock, sleeps: Sleeps, **overrides: Any) -> FlyProvider:
@@ -112,8 +85,9 @@ def test_list_create_start_stop_wait_follow_the_spec(fake: FakeFly, clock: FakeC
     fake.add_machine("started", worker=False)  # not a stemfleet worker: never listed
     assert [(m.id, m.state) for m in fly.list()] == [(stopped, "stopped")]
 
-    created = fly.create()
-    assert created.state == "created" and created.size == "performance-8x"
+    created = fly.create("stemfleet-worker-a", 1.0)
+    assert (created.state, created.provider_state) == ("starting", "created")
+    assert created.size == "performance-8x" and created.name == "stemfleet-worker-a"
     body = fake.calls[-1].body
     assert body["region"] == "ord"  # the template's region wins over STEMFLEET_FLY_REGION
     assert body["config"]["metadata"] == {
@@ -164,10 +138,10 @@ def test_a_create_refused_for_capacity_is_a_capacity_error(fake: FakeFly, clock:
     fly = provider(fake, clock, Sleeps(clock))
     fake.refuse_creates()
     with pytest.raises(ProviderError) as error:
-        fly.create()
+        fly.create("stemfleet-worker-a", 1.0)
     assert error.value.kind == "capacity"
     assert "insufficient resources" in str(error.value)
-    assert fly.create().state == "created"
+    assert fly.create("stemfleet-worker-b", 1.0).state == "starting"
 
 
 def test_calls_are_throttled_per_action_and_machine(fake: FakeFly, clock: FakeClock) -> None:
@@ -377,7 +351,7 @@ def test_a_busy_worker_is_never_stopped_even_if_it_took_a_job_after_the_plan(
     queue.drain_worker(conn, worker.id, False)
     queue.enqueue(conn, user_id=USER, input_key="inputs/late.wav")
     assert queue.claim(conn, worker.id, lease=60)
-    results = scaler.act(conn, plan)
+    results = scaler.actor.act(conn, plan)
     assert [(r.action.kind, r.ok) for r in results] == [("stop", False)]
     assert "took a job" in results[0].detail
     assert fake.states()[machine_id] == "started"
@@ -402,6 +376,6 @@ def test_the_repo_machine_template_creates_a_worker(fake: FakeFly, clock: FakeCl
     fly = FlyProvider(
         fly_settings(fake, machine_template=repo_template), clock=clock, sleep=Sleeps(clock)
     )
-    machine = fly.create()
+    machine = fly.create("stemfleet-worker-a", 1.0)
     assert [m.id for m in fly.list()] == [machine.id]
     assert fake.violations == []

@@ -5,6 +5,7 @@ started again rather than a new one created, and stop is a SIGTERM the worker ob
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from app.db import Connection
-from app.queue import Queue
+from app.queue import Queue, Worker
 from app.settings import load_settings
 from app.storage import Storage, storage_from_settings
 from scaler.providers.base import ProviderError
@@ -142,8 +143,10 @@ def test_local_machines_survive_the_scaler_process_and_bad_commands_are_named(
     sleeper = LocalProvider(
         the_settings, command=["/bin/sh", "-c", "exec sleep 60"], env={"PATH": "/usr/bin:/bin"}
     )
-    machine = sleeper.create()
+    machine = sleeper.create("stemfleet-worker-a", 0.0)
     assert machine.size == "local" and machine.hourly_usd == 0.0
+    assert machine.booted_at is not None and machine.state == "started"
+    assert sleeper.create("stemfleet-worker-a", 0.0).id == machine.id  # a name is made once
     # A new provider object (the next `scaler once`) finds the machine from its state file and
     # recognises the process as that machine's.
     later = LocalProvider(the_settings, command=["/bin/false"])
@@ -151,10 +154,63 @@ def test_local_machines_survive_the_scaler_process_and_bad_commands_are_named(
     later.stop(machine.id)
     assert later.wait(machine.id, "stopped", timeout=30)
     assert [(m.id, m.state) for m in sleeper.list()] == [(machine.id, "stopped")]
+    later.destroy(machine.id)
+    assert later.list() == []
 
     broken = LocalProvider(the_settings, command=[str(tmp_path / "no-such-worker")])
     with pytest.raises(ProviderError, match="STEMFLEET_LOCAL_WORKER_COMMAND") as error:
-        broken.create()
+        broken.create("stemfleet-worker-b", 0.0)
     assert error.value.kind == "spawn_failed"
     with pytest.raises(ProviderError, match="no local machine"):
         broken.start("local-missing")
+
+
+def _registered(conn: Connection, machine_id: str, timeout: float = 120.0) -> Worker:
+    """The worker row of `machine_id` once its process has registered (polled: the worker
+    publishes no event for it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = conn.execute(
+            "select * from public.workers where machine_id = %s and state <> 'stopped'",
+            (machine_id,),
+        ).fetchone()
+        if row is not None:
+            return Worker.from_row(row)
+        assert time.monotonic() < deadline, f"no worker registered for {machine_id}"
+        time.sleep(0.05)
+
+
+def test_a_drained_worker_exits_0_even_when_sigtermed_while_it_shuts_down(
+    local: LocalProvider, conn: Connection
+) -> None:
+    # The flaky converge_to_stopped: a run stops a drained worker that is already exiting on its
+    # own; a SIGTERM landing after its signal relay was removed killed it (-15). Here SIGTERMs
+    # arrive throughout its shutdown, from the drain until the process is gone.
+    machine = local.create("stemfleet-worker-drained", 1.0)
+    worker = _registered(conn, machine.id)
+    child = local._children[machine.id]
+    Queue().drain_worker(conn, worker.id, True)
+    while child.poll() is None:
+        os.kill(child.pid, signal.SIGTERM)
+        time.sleep(0.002)
+    assert child.returncode == 0, Path(str(child.args)).name
+
+
+def test_a_sigkilled_workers_job_is_requeued_by_the_next_scaler_run(
+    local: LocalProvider, db_url: str, conn: Connection, storage: Storage, tmp_path: Path
+) -> None:
+    scaler = Scaler(local.settings, local, database_url=db_url)
+    job = submit(storage, conn, write_clip(tmp_path / "long.wav", 30.0))
+    (created,) = [r.machine_id for r in scaler.run_once().results if r.action.kind == "create"]
+    assert created is not None
+    running = wait_for_job(db_url, job.id, lambda j: j.status == "running", timeout=300)
+    assert running.attempts == 1
+    child = local._children[created]
+    child.send_signal(signal.SIGKILL)  # mid-job: no chance to release anything
+    child.wait(timeout=30)
+    assert Queue().get(conn, job.id).status == "running"  # only the lease would bring it back
+
+    outcome = scaler.run_once()  # the machine is seen stopped: its worker's job is released
+    row = Queue().get(conn, job.id)
+    assert (row.status, row.error_kind, row.attempts) == ("queued", "worker_died", 1)
+    assert outcome.errors == []

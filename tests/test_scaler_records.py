@@ -221,3 +221,37 @@ def test_a_machine_asked_to_stop_is_billed_at_least_until_then(
         "stuck",
         worker.id,
     )
+
+
+def test_a_stopped_machine_with_a_stopped_price_is_counted_in_spend(
+    conn: Connection, queue: Queue, clock: FakeClock
+) -> None:
+    t0 = clock.now()
+    disk = 0.02  # $/h a provider bills for a stopped machine's disk
+
+    def seen(billed: bool, since: datetime) -> MachineReport:
+        return MachineReport(
+            "p1", "rtx-a4000", 0.25, billed, since, stopped_hourly_usd=disk, parked=not billed
+        )
+
+    changes = queue.reconcile_machines(conn, provider="runpod", machines=[seen(False, t0)])
+    assert changes == [("parked", "p1", t0)]
+    clock.advance(3 * 3600)
+    spent = queue.spend(conn)
+    assert spent.today_usd == pytest.approx(3 * disk) and spent.hourly_usd == pytest.approx(disk)
+
+    started = t0 + timedelta(hours=3)
+    changes = queue.reconcile_machines(conn, provider="runpod", machines=[seen(True, started)])
+    assert sorted(c[0] for c in changes) == ["opened", "unparked"]
+    clock.advance(3600)
+    spent = queue.spend(conn)
+    assert spent.today_usd == pytest.approx(3 * disk + 0.25)
+    assert spent.hourly_usd == pytest.approx(0.25)
+    (parked,) = queue.parked_runs(conn, "runpod")
+    assert (parked["started_at"], parked["stopped_at"]) == (t0, started)
+
+    # A machine that costs nothing stopped (a Fly machine here) opens no parked run.
+    assert (
+        queue.reconcile_machines(conn, provider="fly", machines=[report("m1", False, clock.now())])
+        == []
+    )

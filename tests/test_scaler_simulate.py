@@ -21,6 +21,7 @@ from scaler.simulate import (
     simulate_always_on,
     simulate_policy,
 )
+from scaler.simulate.prices import RUNPOD_OFFERS, with_offer
 from tests.scaler_support import PRICE, settings
 
 
@@ -119,3 +120,30 @@ def test_the_cli_prints_the_comparison(tmp_path: Path) -> None:
     ):
         assert name in text
     assert "wait p95" in text and "VIOLATION" not in text
+
+
+def test_runpod_prices_the_pods_and_the_serverless_row_per_second(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.csv"
+    trace.write_text("arrival_s,audio_s\n" + "".join(f"{i * 30},{150 + i}\n" for i in range(40)))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(
+        ["--trace", str(trace), "--always-on", "2", "--runpod", "community-a4000"]
+    )
+    out = io.StringIO()
+    assert run_cli(args, settings(max_hourly_usd=1.0), out=out, trace=trace) == 0
+    text = out.getvalue()
+    assert "machine runpod-community-a4000 $0.1700/h" in text
+    assert "serverless $0.00016/s" in text
+    offer = RUNPOD_OFFERS["community-3090"]
+    assert (offer.pod_hourly_usd, offer.serverless_usd_per_s) == (0.22, 0.00019)
+    secure = RUNPOD_OFFERS["secure-3090"]
+    the_settings = with_offer(settings(max_machines=2, max_hourly_usd=1.0), secure)
+    day = load_trace(trace)
+    model = SimModel(serverless_hourly_usd=secure.serverless_usd_per_s * 3600)
+    _, always_on, _, serverless = compare(day, the_settings, model, always_on=2)
+    assert always_on.cost_usd == pytest.approx(2 * 24 * 0.43, rel=1e-3)
+    # billed per second of each container's life, at $0.00019/s
+    assert serverless.cost_usd == pytest.approx(serverless.machine_hours * 3600 * 0.00019)
+    overridden = with_offer(settings(), secure, pod_hourly_usd=0.5)
+    assert overridden.machine_prices[secure.size] == 0.5

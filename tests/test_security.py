@@ -8,12 +8,15 @@ from contextlib import contextmanager
 
 import psycopg
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 
 from app.clock import FakeClock
 from app.db import Connection, as_user
-from app.errors import JobNotFound
+from app.errors import JobNotFound, StorageKeyError
 from app.queue import Queue
+from app.storage import validate_key
 
 ALICE = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 BOB = uuid.UUID("00000000-0000-4000-8000-0000000000b0")
@@ -130,3 +133,64 @@ def test_anon_can_do_nothing(conn: Connection) -> None:
     for query, params in attempts:
         with pytest.raises(psycopg.errors.InsufficientPrivilege), as_anon(conn):
             conn.execute(query, params)
+
+
+KEY_SUFFIXES = [
+    "song.wav",
+    "a/b/song.wav",
+    "a\\b.wav",  # validate_key: must be relative
+    "a//b.wav",  # empty path segment
+    "a/",  # empty path segment (trailing)
+    "./a.wav",
+    "a/../b.wav",
+    "a/./b.wav",
+    "a\tb.wav",  # control character
+    "C:/a.wav",
+    "..wav",
+    ".hidden.wav",
+    "x" * 1100,  # too long
+]
+
+
+@pytest.mark.parametrize("suffix", KEY_SUFFIXES, ids=lambda s: repr(s)[:20])
+def test_the_insert_guard_applies_validate_key(conn: Connection, suffix: str) -> None:
+    """A Supabase-client insert passes the guard exactly when the worker's validate_key accepts
+    the key: a key it would refuse never becomes a job."""
+    key = f"inputs/{ALICE}/{suffix}"
+    try:
+        validate_key(key)
+        valid = True
+    except StorageKeyError:
+        valid = False
+    if valid:
+        assert insert_as(conn, ALICE, input_key=key)["status"] == "queued"
+    else:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not one of your uploads"):
+            insert_as(conn, ALICE, input_key=key)
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    key=st.text(
+        alphabet=st.sampled_from(["a", "b", ".", "/", "\\", ":", "C", "\t", "\n", " ", "é"]),
+        max_size=12,
+    )
+)
+def test_sql_and_python_key_rules_agree(conn: Connection, key: str) -> None:
+    row = conn.execute("select queue.object_key_problem(%s) as problem", (key,)).fetchone()
+    assert row is not None
+    try:
+        validate_key(key)
+        python_valid = True
+    except StorageKeyError:
+        python_valid = False
+    assert (row["problem"] is None) == python_valid, (key, row["problem"])
+
+
+def test_a_user_insert_must_name_a_model_the_fleet_serves(conn: Connection) -> None:
+    assert insert_as(conn, ALICE, params=psycopg.types.json.Jsonb({"model": "htdemucs"}))
+    with pytest.raises(psycopg.Error, match="'nope' is not served") as info:
+        insert_as(conn, ALICE, params=psycopg.types.json.Jsonb({"model": "nope"}))
+    assert info.value.sqlstate == "SF004"

@@ -16,12 +16,13 @@ from audio_fixtures import (
 )
 from demucs.apply import apply_model
 
+from app.clock import FakeClock
 from app.errors import PermanentJobError
 from app.params import JobParams
 from app.settings import load_settings
+from worker.models import MODEL_FAILURE_TTL, ModelUnavailable
 from worker.separation import (
     JobCancelled,
-    ModelUnavailable,
     Separator,
     Stream,
     normalisation,
@@ -240,7 +241,29 @@ def test_a_model_that_cannot_be_downloaded_says_how_to_use_a_local_folder(
     with pytest.raises(ModelUnavailable) as info:
         _separator("htdemucs")
     assert "STEMFLEET_MODEL_REPO" in str(info.value)
-    assert info.value.retryable
+    assert not info.value.retryable  # the worker's problem: the job fails at once, with why
+    assert "127.0.0.1" not in str(info.value) and str(tmp_path) not in str(info.value)
+
+
+def test_a_model_that_failed_to_load_is_not_tried_again_for_a_while(tmp_path: Path) -> None:
+    """Each job naming a model the worker cannot load fails at once, without another load
+    attempt, until MODEL_FAILURE_TTL has passed on the worker's clock."""
+    repo, _ = write_random_htdemucs_repo(tmp_path / "models", name="tiny_htdemucs")
+    clock = FakeClock()
+    separator = Separator(
+        load_settings(model="tiny_htdemucs", model_repo=repo, device="cpu"), clock=clock
+    )
+    with pytest.raises(PermanentJobError, match="unknown model 'later'") as first:
+        separator.model_for("later")
+    assert str(repo) not in str(first.value)  # the folder's path stays on the worker
+
+    write_random_htdemucs_repo(repo, name="later")  # the operator adds it
+    clock.advance(MODEL_FAILURE_TTL - 1)
+    with pytest.raises(PermanentJobError, match="unknown model 'later'"):
+        separator.model_for("later")  # remembered: not looked for again
+
+    clock.advance(1)
+    assert separator.model_for("later").name == "later"
 
 
 def test_params_the_model_cannot_honour(model_repo: Path) -> None:

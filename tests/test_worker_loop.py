@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import numpy as np
 import pytest
 import soundfile as sf
 
 import worker.loop as worker_loop
 from app.clock import Clock, FakeClock
 from app.db import Connection
-from app.errors import PermanentJobError, StorageError
+from app.errors import PermanentJobError, StorageError, StorageKeyError
 from app.queue import Queue
 from app.settings import load_settings
 from app.storage import S3Storage, Storage, storage_from_settings
@@ -133,6 +134,15 @@ def write_empty(path: Path) -> Path:
     return path
 
 
+def write_float_wav(path: Path, bad: float, *, frames: int = 44100) -> Path:
+    """A float32 wav of `frames` frames whose middle sample is `bad` (NaN, infinite, or a
+    plain value for a file that is only too short)."""
+    data = np.full((frames, 2), 0.1, dtype=np.float32)
+    data[frames // 2, 0] = bad
+    sf.write(str(path), data, 44100, subtype="FLOAT")
+    return path
+
+
 def work_dir_is_clean(tmp_path: Path) -> bool:
     """No job file left (the worker's own scratch folder lives until it closes)."""
     work = tmp_path / "work"
@@ -208,8 +218,11 @@ def test_preview_separates_only_the_first_seconds(
         (lambda p: write_silent_wav(p / "silent.wav"), "empty", "no audio"),
         (lambda p: write_not_audio(p / "picture.mp3"), "undecodable", "decode"),
         (lambda p: write_clip(p / "too-long.wav", 2.5), "too_long", "too-long.wav"),
+        (lambda p: write_float_wav(p / "nan.wav", float("nan")), "not_finite", "not numbers"),
+        (lambda p: write_float_wav(p / "inf.wav", float("inf")), "not_finite", "not numbers"),
+        (lambda p: write_float_wav(p / "one.wav", 0.5, frames=1), "too_short", "too short"),
     ],
-    ids=["corrupt", "empty-file", "zero-frames", "not-audio", "too-long"],
+    ids=["corrupt", "empty-file", "zero-frames", "not-audio", "too-long", "nan", "inf", "one"],
 )
 def test_bad_inputs_fail_permanently_at_once(
     make_input: Callable[[Path], Path],
@@ -259,6 +272,32 @@ def test_bad_params_and_missing_input_fail_permanently(
         1,
     )
     assert gone_row.error is not None and "upload it again" in gone_row.error
+
+
+def test_a_model_the_worker_cannot_load_fails_its_jobs_at_once_and_the_others_run(
+    make_worker: Callable[..., Worker], storage: Storage, conn: Connection, tmp_path: Path
+) -> None:
+    repo = tmp_path / "models"
+    repo.mkdir()
+    (repo / "broken.yaml").write_text("models: ['0badc0de']\n")  # a bag whose weights are gone
+    separator = Separator(
+        load_settings(model="demucs_unittest", model_repo=repo, device="cpu", threads=1)
+    )
+    worker = make_worker(separator_=separator, model_repo=repo)  # it serves "broken" (its folder)
+    clip = write_clip(tmp_path / "a.wav", 1.0)
+    first = submit(storage, conn, clip, params={"model": "broken"})
+    good = submit(storage, conn, clip)
+    second = submit(storage, conn, clip, params={"model": "broken"})
+
+    outcomes = [*worker.run_once(), *worker.run_once(), *worker.run_once()]
+
+    assert [o.status for o in outcomes] == ["failed", "succeeded", "failed"]
+    for job in (first, second):
+        row = Queue().get(conn, job.id)
+        assert (row.status, row.attempts, row.error_kind) == ("failed", 1, "model_unavailable")
+        assert row.error is not None and "'broken'" in row.error, row.error
+        assert "STEMFLEET_MODEL_REPO" in row.error and str(repo) not in row.error
+    assert Queue().get(conn, good.id).status == "succeeded"
 
 
 # --- retryable failures -------------------------------------------------------------------------
@@ -328,11 +367,33 @@ def test_worker_io_fault_is_retryable_and_the_worker_keeps_going(
 
 def test_error_classes_map_to_kinds() -> None:
     assert classify(PermanentJobError("bad", kind="too_long"), "k") == ("bad", "too_long", False)
-    assert classify(StorageError("down"), "k") == ("down", "storage", True)
+    assert classify(StorageError("down"), "k")[1:] == ("storage", True)
     assert classify(ConnectionResetError("reset"), "k")[1:] == ("network", True)
     assert classify(OSError(28, "No space left on device"), "k")[1:] == ("io", True)
     message, kind, retryable = classify(KeyError("surprise"), "k")
     assert (kind, retryable) == ("internal", True) and "KeyError" in message
+    assert classify(StorageKeyError("invalid object key 'a//b'"), "a//b")[1:] == (
+        "invalid_input_key",
+        False,
+    )
+
+
+def test_error_messages_keep_paths_buckets_and_endpoints_in_the_logs() -> None:
+    """What a user reads names their file and what to do, never the worker's layout."""
+    scratch = "/tmp/stemfleet-worker-0a1b/123-1/input/song.wav"
+    endpoint = "http://10.0.0.7:9000/stemfleet-prod/inputs/u/song.wav"
+    cases = [
+        PermanentJobError(f"could not decode 'song.wav' (soundfile: Error opening {scratch!r})"),
+        OSError(28, "No space left on device", scratch),
+        KeyError(scratch),
+        StorageError(f"storage unreachable for 'k': Could not connect to {endpoint}"),
+    ]
+    for exc in cases:
+        message, _, _ = classify(exc, "inputs/u/song.wav")
+        for secret in ("/tmp", "stemfleet-worker", "10.0.0.7", "stemfleet-prod", "9000"):
+            assert secret not in message, (secret, message)
+    assert "'song.wav'" in classify(cases[0], "k")[0]
+    assert "No space left on device" in classify(cases[1], "k")[0]
 
 
 def test_out_of_memory_is_recognised_and_segments_shrink_to_a_floor() -> None:

@@ -27,6 +27,7 @@ from tests.audio_fixtures import write_clip
 from tests.worker_helpers import libpq_url, stem_keys, submit, wait_for_job
 from worker.cli import run_worker, settings_for
 from worker.loop import Worker
+from worker.scratch import scratch_name
 from worker.separation import Separator
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,6 +102,7 @@ def finishing_worker(
     separator: Separator,
     tmp_path: Path,
     clock: FakeClock | None = None,
+    work_dir: Path | None = None,
     **extra: Any,
 ) -> Worker:
     settings = load_settings(
@@ -114,7 +116,8 @@ def finishing_worker(
         data_dir=tmp_path / "data",
         **extra,
     )
-    return Worker(settings, separator=separator, clock=clock, work_dir=tmp_path / "second")
+    work_dir = work_dir or tmp_path / "second"
+    return Worker(settings, separator=separator, clock=clock, work_dir=work_dir)
 
 
 def test_sigterm_mid_job_releases_it_and_another_worker_completes_it(
@@ -174,13 +177,28 @@ def test_kill_9_mid_job_is_reaped_and_completed_once_by_another_worker(
     proc.kill()
     proc.wait(timeout=30)
     assert Queue().get(conn, job.id).status == "running"  # nobody finished it
+    scratch = tmp_path / "tmp"
+    (left,) = scratch.glob("stemfleet-worker-*")  # the killed worker's input and stems
+    assert any(p.is_file() for p in left.rglob("*"))
+    alive = scratch / scratch_name(uuid.uuid4())  # a live worker's (this process's)
+    alive.mkdir()  # never swept
 
-    # Another worker, at a time past the 2 s lease: its loop reaps, claims and completes.
+    # Another worker, at a time past the 2 s lease: it sweeps the dead worker's folder when it
+    # starts, then its loop reaps, claims and completes.
     clock = FakeClock(datetime.now(UTC) + timedelta(seconds=30))
     second = finishing_worker(
-        db_url, separator, tmp_path, clock, worker_idle_exit=60, lease=2, heartbeat_interval=0.5
+        db_url,
+        separator,
+        tmp_path,
+        clock,
+        work_dir=scratch,
+        worker_idle_exit=60,
+        lease=2,
+        heartbeat_interval=0.5,
     )
     assert second.run() == "idle"
+    assert not left.exists()
+    assert alive.is_dir()
 
     row = Queue().get(conn, job.id)
     assert (row.status, row.attempts, row.error) == ("succeeded", 2, None)

@@ -47,6 +47,9 @@ ACCEPTED_FORMATS = (
     "is installed on the worker)"
 )
 OPUS_SAMPLERATE = 48000
+# Shortest input separated: below it a mix holds too little to separate (one sample gives a
+# standard deviation of NaN, and the model NaNs), and nobody means to send it.
+MIN_SECONDS = 0.1
 BLOCK_FRAMES = 1 << 18  # frames read or written per step when streaming
 
 _SUBTYPES = {"int16": "PCM_16", "int24": "PCM_24", "float32": "FLOAT"}
@@ -137,14 +140,14 @@ class _Source:
     def blocks(
         self, start: int = 0, frames: int | None = None, block: int = BLOCK_FRAMES
     ) -> Iterator[np.ndarray]:
-        """Yield float32 [C, n] blocks from frame `start`, `frames` at most (None: to the end)."""
+        """Yield float32 [C, n] blocks from frame `start`, `frames` at most (None: to the end).
+        Raises PermanentJobError "not_finite" at the first NaN or infinite sample."""
+        position = start
         try:
-            if self.backend == "soundfile":
-                yield from self._soundfile_blocks(start, frames, block)
-            elif self.backend == "av":
-                yield from self._av_blocks(start, frames, block)
-            else:
-                yield self._whole(start, frames)
+            for data in self._raw_blocks(start, frames, block):
+                _check_finite(self.path.name, data, position, self.samplerate)
+                position += data.shape[-1]
+                yield data
         except PermanentJobError:
             raise
         except Exception as exc:
@@ -153,6 +156,14 @@ class _Source:
                 f"({exc}). Accepted formats: {ACCEPTED_FORMATS}.",
                 kind="undecodable",
             ) from None
+
+    def _raw_blocks(self, start: int, frames: int | None, block: int) -> Iterator[np.ndarray]:
+        if self.backend == "soundfile":
+            yield from self._soundfile_blocks(start, frames, block)
+        elif self.backend == "av":
+            yield from self._av_blocks(start, frames, block)
+        else:
+            yield self._whole(start, frames)
 
     def _soundfile_blocks(self, start: int, frames: int | None, block: int) -> Iterator[np.ndarray]:
         left = frames if frames is not None else -1
@@ -291,10 +302,30 @@ def _format_seconds(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
+def _check_finite(name: str, block: np.ndarray, position: int, samplerate: int) -> None:
+    """A [C, n] block starting at frame `position` must hold numbers only."""
+    finite = np.isfinite(block).all(axis=0)
+    if finite.all():
+        return
+    first = position + int(np.flatnonzero(~finite)[0])
+    raise PermanentJobError(
+        f"{name!r} contains samples that are not numbers (NaN or infinite values), the first "
+        f"at {first / samplerate if samplerate else 0:.3f} s: the file is damaged. "
+        "Export it again from your audio editor (e.g. as 16- or 24-bit PCM) and resubmit it.",
+        kind="not_finite",
+    )
+
+
 def check_duration(name: str, seconds: float, max_seconds: float | None) -> None:
-    """Raise PermanentJobError "empty" or "too_long" for `seconds` of audio."""
+    """Raise PermanentJobError "empty", "too_short" or "too_long" for `seconds` of audio."""
     if seconds <= 0:
         raise PermanentJobError(f"{name!r} contains no audio (0 samples)", kind="empty")
+    if seconds < MIN_SECONDS:
+        raise PermanentJobError(
+            f"{name!r} is too short to separate: {seconds * 1000:.2f} ms of audio; send at "
+            f"least {MIN_SECONDS:g} s",
+            kind="too_short",
+        )
     if max_seconds is not None and max_seconds > 0 and seconds > max_seconds:
         raise PermanentJobError(
             f"{name!r} is {_format_seconds(seconds)} long ({seconds:.1f} s); the limit is "

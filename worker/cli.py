@@ -1,7 +1,8 @@
 """`stemfleet worker` and `python -m worker`: run the worker loop until stopped or idle.
 
 Exit status 0 on every orderly end (SIGINT/SIGTERM, idle exit, drained by the scaler), so a
-machine whose restart policy is `no` stops for good; 1 when it cannot start (database, model).
+machine whose restart policy is `no` stops for good; 1 when it cannot start (database, model);
+3 when it is a GPU worker without a usable GPU (worker/gpu_check.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the model runs (default: STEMFLEET_DEVICE, auto-detected)",
     )
     parser.add_argument(
-        "--machine-id", help="id registered in `workers` (default: FLY_MACHINE_ID or host name)"
+        "--machine-id",
+        help="id registered in `workers` (default: FLY_MACHINE_ID, RUNPOD_POD_ID or host name)",
     )
     parser.add_argument(
         "--idle-exit",
@@ -81,17 +83,25 @@ def settings_for(args: argparse.Namespace) -> Settings:
 
 def run_worker(args: argparse.Namespace) -> int:
     from app.log import configure
+    from worker.gpu_check import refuse_without_gpu
     from worker.loop import Worker
     from worker.runtime import SignalRelay
 
     settings = settings_for(args)
     configure(settings.log_level, settings.log_json)
+    if refused := refuse_without_gpu(settings):
+        return refused  # a GPU worker without a usable GPU: the reason is on its workers row
     worker = Worker(settings, prefetch=not args.no_prefetch)
 
     def on_signal(signum: int) -> None:
         worker.log.info("signal_received", signal=signal.Signals(signum).name)
         worker.request_stop()
 
+    # Once the relay is gone the worker is exiting in order (drained, idle, stopped): a SIGTERM
+    # that arrives then (the scaler stopping a drained worker that is already on its way out)
+    # must not turn exit 0 into death by signal. The relay restores these on its way out.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with SignalRelay(on_signal):
         try:
             worker.start()

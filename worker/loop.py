@@ -45,22 +45,18 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from app.clock import Clock, SystemClock
 from app.db import Connection, create_pool
-from app.errors import (
-    JobError,
-    JobNotFound,
-    LeaseLost,
-    ObjectNotFound,
-    RetryableJobError,
-)
+from app.errors import JobNotFound, LeaseLost, RetryableJobError
 from app.log import get_logger
-from app.params import JobParams, parse_params
+from app.params import JobParams, fleet_model_names, parse_params
 from app.queue import Job, Queue
 from app.settings import Settings
 from app.storage import Storage, output_key, safe_filename, storage_from_settings
 from worker.audio import probe_duration
+from worker.failures import classify
 from worker.leases import HeldJob, LeaseKeeper
 from worker.pipeline import FileJob, SeparationResult, separate_file, separate_files
 from worker.runtime import WorkerIdentity, detect_identity, spawn
+from worker.scratch import scratch_name, sweep_dead
 from worker.separation import JobCancelled, Separator
 from worker.wakeup import QueueWatcher
 
@@ -133,22 +129,6 @@ def smaller_segment(segment: float) -> float | None:
     return half if half >= OOM_SEGMENT_FLOOR else None
 
 
-def classify(exc: Exception, input_key: str) -> tuple[str, str, bool]:
-    """(message, error_kind, retryable) for a job that raised `exc`."""
-    if isinstance(exc, ObjectNotFound):
-        message = (
-            f"the input file {input_key!r} is not in storage: upload it again and submit a new job"
-        )
-        return message, "input_missing", False
-    if isinstance(exc, JobError):
-        return str(exc), exc.kind, exc.retryable
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return f"network error: {exc}", "network", True
-    if isinstance(exc, OSError):
-        return f"I/O error on the worker: {exc}", "io", True
-    return f"internal error: {type(exc).__name__}: {exc}", "internal", True
-
-
 class Worker:
     """One worker process's engine. Use as a context manager, or call start() then close()."""
 
@@ -202,7 +182,7 @@ class Worker:
             return
         url = self.settings.require_database_url()
         if self.separator is None:
-            self.separator = Separator(self.settings)
+            self.separator = Separator(self.settings, clock=self.clock)
         self.group_size = self.settings.group_jobs or self.separator.auto_group_size()
         self._pool = create_pool(url, min_size=1, max_size=6, name="stemfleet-worker")
         try:
@@ -214,6 +194,8 @@ class Worker:
                     gpu=self.identity.gpu,
                     region=self.identity.region,
                 )
+                models = fleet_model_names(self.separator.model_name, self.settings.model_repo)
+                self.queue.serve_models(conn, models)  # jobs may name them (submit checks)
             self.worker_id = row.id
             self.log = get_logger(worker_id=row.id)
             self._keeper = LeaseKeeper(
@@ -231,6 +213,7 @@ class Worker:
             self._pool.close()
             self._pool = None
             raise
+        sweep_dead(self._scratch_base(), self.log)  # what killed workers left behind
         now = self.clock.monotonic()
         self._last_busy = now
         self._next_reap = now
@@ -246,14 +229,16 @@ class Worker:
             group_size=self.group_size,
         )
 
+    def _scratch_base(self) -> Path:
+        return self.work_dir or Path(tempfile.gettempdir())
+
     def _scratch(self) -> Path:
         """This worker's own folder for inputs and stems (created on a job's first write),
         removed whole by close(): whatever path a job ended on (cancel, release, a stop
         mid-upload), nothing is left behind."""
         if self._scratch_dir is None:
             assert self.worker_id is not None
-            base = self.work_dir or Path(tempfile.gettempdir())
-            self._scratch_dir = base / f"stemfleet-worker-{self.worker_id.hex}"
+            self._scratch_dir = self._scratch_base() / scratch_name(self.worker_id)
         return self._scratch_dir
 
     def close(self) -> None:
@@ -849,6 +834,7 @@ class Worker:
             f"job_{status}",
             job_id=str(held.id),
             error=message,
+            detail=f"{type(exc).__name__}: {exc}",
             error_kind=kind,
             attempt=held.job.attempts,
             exc_info=kind == "internal",

@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass
 from types import FrameType
@@ -35,10 +35,23 @@ def gpu_name() -> str | None:
     return None
 
 
+# Where each provider tells a machine its own id, in order; the host name when none does.
+MACHINE_ID_VARIABLES = ("STEMFLEET_MACHINE_ID", "FLY_MACHINE_ID", "RUNPOD_POD_ID")
+
+
+def machine_id_from(settings: Settings, environ: Mapping[str, str]) -> str:
+    """The id the provider knows this machine by: STEMFLEET_MACHINE_ID (the settings), else
+    FLY_MACHINE_ID (Fly), else RUNPOD_POD_ID (RunPod), else the host name."""
+    if settings.machine_id:
+        return settings.machine_id
+    found = (environ.get(name) for name in MACHINE_ID_VARIABLES[1:])
+    return next((value for value in found if value), None) or socket.gethostname()
+
+
 def detect_identity(settings: Settings) -> WorkerIdentity:
-    """Machine id: STEMFLEET_MACHINE_ID, else FLY_MACHINE_ID, else the host name. One machine runs
-    one worker process: registering a machine id again marks its older registration stopped."""
-    machine_id = settings.machine_id or os.environ.get("FLY_MACHINE_ID") or socket.gethostname()
+    """Who this worker is (machine_id_from). One machine runs one worker process: registering a
+    machine id again marks its older registration stopped."""
+    machine_id = machine_id_from(settings, os.environ)
     return WorkerIdentity(
         machine_id=machine_id,
         provider=settings.worker_provider,

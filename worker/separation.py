@@ -34,18 +34,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from demucs.apply import BagOfModels
 from demucs.htdemucs import HTDemucs
-from demucs.repo import ModelLoadingError
 
-from app.errors import ConfigError, PermanentJobError, RetryableJobError, StemfleetError
+from app.clock import Clock, SystemClock
+from app.errors import ConfigError, PermanentJobError, StemfleetError
 from app.log import get_logger
 from app.params import JobParams
 from app.settings import Settings
+from worker.models import ModelFailures, load_model
 
 # On CPU a batch of several segments is slower than one at a time (bench/results/separation.md:
 # htdemucs forward passes took 36-79 % longer at batch 4 on 2 cores): cores are already busy
@@ -54,17 +54,6 @@ CPU_BATCH_SIZE = 1
 MAX_AUTO_BATCH = 32
 MAX_AUTO_GROUP = 8  # jobs separated together by default where a pass holds several segments
 CACHED_MODELS = 2  # models loaded on demand, besides the configured one
-KNOWN_MODELS = (
-    "htdemucs",
-    "htdemucs_ft",
-    "htdemucs_6s",
-    "hdemucs_mmi",
-    "mdx",
-    "mdx_extra",
-    "mdx_q",
-    "mdx_extra_q",
-    "demucs_unittest",
-)
 
 ProgressFn = Callable[[float], None]
 StopFn = Callable[[], bool]
@@ -102,12 +91,6 @@ class JobCancelled(StemfleetError):
     """should_stop() turned true: the separation stopped between two batches."""
 
 
-class ModelUnavailable(RetryableJobError):
-    """The model exists but its weights could not be fetched or read."""
-
-    kind = "model_unavailable"
-
-
 def pick_device(setting: str) -> str:
     """'auto' -> cuda if available, else mps, else cpu; an explicit device must exist."""
     if setting == "auto":
@@ -121,47 +104,6 @@ def pick_device(setting: str) -> str:
     if setting == "mps" and not torch.backends.mps.is_available():
         raise ConfigError("STEMFLEET_DEVICE=mps but MPS is not available: use auto or cpu")
     return setting
-
-
-def _repo_names(repo: Path) -> list[str]:
-    return sorted({p.stem.split("-")[0] for p in repo.iterdir() if p.suffix in (".th", ".yaml")})
-
-
-def load_model(name: str, repo: Path | None) -> Any:
-    """A Demucs model or bag by name: from the local folder `repo`, else the hub / Demucs'
-    remote repo, or `demucs_unittest`. Unknown name -> PermanentJobError("invalid_params");
-    weights that cannot be fetched -> ModelUnavailable (says how to use a local folder)."""
-    from demucs.pretrained import get_model
-
-    if repo is not None:
-        if not repo.is_dir():
-            raise ConfigError(f"STEMFLEET_MODEL_REPO {str(repo)!r} is not a directory")
-        names = _repo_names(repo)
-        if name not in names and name != "demucs_unittest":
-            raise PermanentJobError(
-                f"unknown model {name!r}: the model folder {str(repo)!r} (STEMFLEET_MODEL_REPO) "
-                f"holds {names or 'no models'}",
-                kind="invalid_params",
-            )
-    try:
-        model = get_model(name=name, repo=repo)
-    except ModelLoadingError as exc:
-        if repo is None and "neither a single pre-trained model" in str(exc):
-            raise PermanentJobError(
-                f"unknown model {name!r}: use a Demucs model name such as "
-                f"{', '.join(KNOWN_MODELS)}",
-                kind="invalid_params",
-            ) from None
-        raise ModelUnavailable(f"could not load model {name!r}: {exc}") from None
-    except Exception as exc:  # network, hub and file errors all mean: no weights here
-        raise ModelUnavailable(
-            f"could not download model {name!r} ({type(exc).__name__}: {exc}). On a machine "
-            "without internet access, copy the model files (the <signature>.th weights and the "
-            "<name>.yaml bag, e.g. from ~/.cache/torch/hub/checkpoints and demucs/remote) into a "
-            "folder and set STEMFLEET_MODEL_REPO to that folder."
-        ) from None
-    model.eval()
-    return model
 
 
 @dataclass
@@ -534,8 +476,9 @@ def tensor_reader(wav: torch.Tensor) -> MixReader:
 class Separator:
     """The configured Demucs model, loaded once and kept warm, plus a few on-demand models."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
         self.settings = settings
+        self.failures = ModelFailures(clock or SystemClock())
         if settings.threads > 0:
             torch.set_num_threads(settings.threads)
         self.device = pick_device(settings.device)
@@ -576,13 +519,20 @@ class Separator:
 
     def model_for(self, name: str | None) -> LoadedModel:
         """The model a job asks for (None: the configured one), loading it if needed. Up to
-        CACHED_MODELS other models stay loaded, least recently used dropped first."""
+        CACHED_MODELS other models stay loaded, least recently used dropped first. A model that
+        could not be loaded raises the same error again, without trying, for a while (see
+        worker/models.py)."""
         if name is None or name == self.model_name:
             return self.loaded
         if name in self._cache:
             self._cache.move_to_end(name)
             return self._cache[name]
-        loaded = self._load(name)
+        self.failures.check(name)
+        try:
+            loaded = self._load(name)
+        except PermanentJobError as exc:
+            self.failures.remember(name, exc)
+            raise
         self._cache[name] = loaded
         while len(self._cache) > CACHED_MODELS:
             self._cache.popitem(last=False)

@@ -66,7 +66,7 @@ def errors(
         413: "File too large",
         415: "Not a supported audio type",
         422: "Invalid input",
-        429: "Too many queued jobs",
+        429: "Too many queued jobs (or, on an event stream, too many open streams)",
         503: "A dependency (database, storage, key server) is unavailable",
         504: "Timed out",
     }

@@ -15,8 +15,9 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.auth import AuthError, AuthUnavailable, Forbidden
-from app.errors import InvalidTransition, JobNotFound, StorageError
+from app.errors import InvalidTransition, JobNotFound, ModelNotServed, StorageError
 from app.log import get_logger
+from app.storage import StorageUnreachable
 
 
 class ErrorBody(BaseModel):
@@ -143,11 +144,23 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
         return error_response(409, "invalid_transition", str(exc))
 
+    @app.exception_handler(ModelNotServed)
+    async def _model_not_served(request: Request, exc: ModelNotServed) -> JSONResponse:
+        return error_response(422, "model_not_served", str(exc))
+
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:
-        log.warning("api_storage_error", error=str(exc))
+        # The message names the object and what happened; bucket and endpoint are only logged.
+        log.warning("api_storage_error", error=str(exc), path=request.url.path)
+        if isinstance(exc, StorageUnreachable):
+            status, code = 503, "storage_unavailable"
+        else:
+            status, code = 502, "storage_error"
         return error_response(
-            503, "storage_unavailable", f"{exc}; try again shortly", headers={"Retry-After": "5"}
+            status,
+            code,
+            f"{exc}; nothing was lost: try again shortly, and tell the operator if it persists",
+            headers={"Retry-After": "5"},
         )
 
     @app.exception_handler(DatabaseUnavailable)

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from starlette.types import Message, Receive
-
 from app.api.errors import ApiError
 from app.api.probe import UndecodableAudio, probe_duration
 from app.api.sniff import CONTENT_TYPES, SUPPORTED, AudioType, sniff_path
@@ -38,23 +36,6 @@ def too_large(max_bytes: int) -> ApiError:
         f"the file is larger than this server's limit of {max_bytes / (1024 * 1024):.3g} MB "
         "(STEMFLEET_MAX_UPLOAD_MB); send a shorter or more compressed file",
     )
-
-
-def limited_receive(receive: Receive, max_bytes: int) -> Receive:
-    """Wrap an ASGI receive so a request body past `max_bytes` fails with 413 while it streams,
-    instead of being spooled to disk whole first (chunked bodies carry no Content-Length)."""
-    seen = 0
-
-    async def wrapped() -> Message:
-        nonlocal seen
-        message = await receive()
-        if message["type"] == "http.request":
-            seen += len(message.get("body", b""))
-            if seen > max_bytes:
-                raise too_large(max_bytes)
-        return message
-
-    return wrapped
 
 
 def copy_limited(source: BinaryIO, dest: Path, max_bytes: int) -> tuple[int, str]:

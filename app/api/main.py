@@ -17,11 +17,14 @@ from app.api import routes_admin, routes_files, routes_health, routes_jobs, rout
 from app.api.auth import Authenticator, ensure_dev_token
 from app.api.context import ApiContext
 from app.api.errors import install_error_handlers
+from app.api.limits import BodyLimits
 from app.api.metrics import ApiMetrics, LatencyMiddleware
+from app.api.routes_web import mount_web
 from app.api.ssrf import CallbackPolicy, Resolver, system_resolver
 from app.api.webhooks import WebhookDispatcher, ensure_webhook_secret
 from app.clock import Clock, SystemClock
 from app.log import get_logger
+from app.params import fleet_model_names
 from app.queue import Queue
 from app.queue.webhooks import WEBHOOKS_CHANNEL
 from app.settings import Settings, get_settings
@@ -113,28 +116,37 @@ def create_app(
             log.warning(
                 "webhooks_disabled", reason="no STEMFLEET_WEBHOOK_SECRET: callbacks are refused"
             )
+        try:  # jobs may name the models this deployment serves (queue.served_models)
+            with ctx.connection() as conn:
+                ctx.queue.serve_models(conn, fleet_model_names(settings.model, settings.model_repo))
+        except Exception as exc:  # the database may be down or not migrated yet: not fatal
+            log.warning("served_models_not_recorded", error=str(exc))
         log.info("api_started", dev_auth=settings.dev_auth, storage=settings.storage)
         try:
             yield
         finally:
             if thread is not None:
                 thread.stop()
-            ctx.close()
+            await ctx.aclose()
 
     app = FastAPI(
         title="stemfleet",
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # mount_web serves /docs with assets from the package (offline)
+        redoc_url=None,
     )
     metrics = ApiMetrics(ctx)
     app.state.ctx = ctx
     app.state.metrics = metrics
     app.state.dispatcher = dispatcher
     app.state.dev_token = dev_token
+    mount_web(app)  # the pages, /docs, the stems archive
     install_error_handlers(app)
     for module in (routes_jobs, routes_uploads, routes_files, routes_admin, routes_health):
         app.include_router(module.router)
+    app.add_middleware(BodyLimits, settings=settings)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -48,7 +48,9 @@ def probe_duration(path: Path, audio_type: AudioType) -> float:
     try:
         info = soundfile.info(str(path))
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise UndecodableAudio(f"the {audio_type} data cannot be decoded ({exc})") from None
+        # libsndfile's reason without its "Error opening '<temp path>'" prefix
+        reason = getattr(exc, "error_string", None) or type(exc).__name__
+        raise UndecodableAudio(f"the {audio_type} data cannot be decoded ({reason})") from None
     if info.samplerate <= 0 or info.frames <= 0:
         raise UndecodableAudio(f"the {audio_type} data holds no audio frames")
     return float(info.frames) / float(info.samplerate)

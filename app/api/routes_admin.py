@@ -71,6 +71,19 @@ def admin_spend(ctx: Ctx) -> dict[str, Any]:
     }
 
 
+@router.get(
+    "/activity",
+    summary="Cost per job and the scaler's recent decisions with their reasons",
+    responses=ADMIN_ERRORS,
+)
+def admin_activity(ctx: Ctx) -> dict[str, Any]:
+    with ctx.connection() as conn:
+        return {
+            "job_costs": _rows(ctx.queue.admin_view(conn, "spend_by_job")),
+            "decisions": _rows(ctx.queue.admin_view(conn, "scaler_decisions")),
+        }
+
+
 class ScalerRun(BaseModel):
     command: list[str]
     exit_code: int

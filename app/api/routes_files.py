@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from app.api.deps import Ctx, errors
 from app.api.errors import ApiError
-from app.api.intake import limited_receive, too_large, write_stream
+from app.api.intake import write_stream
 from app.errors import StorageKeyError
 from app.storage import LocalStorage, validate_key
 
@@ -71,13 +71,8 @@ async def put_file(
     ctx: Ctx, request: Request, key: str, expires: Expires, signature: Signature
 ) -> Stored:
     storage = _local(ctx, "PUT", key, expires, signature)
-    limit = ctx.max_upload_bytes
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > limit:
-        raise too_large(limit)
-    limited = Request(request.scope, limited_receive(request.receive, limit))
     with tempfile.TemporaryDirectory(prefix="stemfleet-put-") as tmp:
-        part = Path(tmp) / "body"
-        size = await write_stream(limited.stream(), part, limit)
+        part = Path(tmp) / "body"  # the body's size is bounded as it streams (app/api/limits.py)
+        size = await write_stream(request.stream(), part, ctx.max_upload_bytes)
         await run_in_threadpool(storage.put_file, key, part)
     return Stored(key=key, size=size)

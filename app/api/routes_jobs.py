@@ -2,26 +2,25 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from sse_starlette import EventSourceResponse
 from starlette.datastructures import UploadFile
 
 from app.api.deps import Ctx, StreamUser, User, errors
 from app.api.errors import ApiError, validation_message
-from app.api.intake import limited_receive, too_large
+from app.api.limits import load_json, max_json_bytes
 from app.api.sse import job_event_stream
 from app.api.submit import JobCreate, JobSpec, Submitted, Submitter, Upload
-from app.api.views import BadCursor, JobList, JobOut, decode_cursor, encode_cursor, job_view
+from app.api.views import BadCursor, JobList, JobOut, decode_cursor, encode_cursor
+from app.settings import Settings
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-MULTIPART_OVERHEAD = 256 * 1024  # form fields and boundaries around the file
 
 StatusFilter = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -77,25 +76,17 @@ def _invalid(exc: ValidationError) -> ApiError:
     return ApiError(422, "invalid_request", validation_message(list(exc.errors())))
 
 
-async def _parse_json(request: Request) -> JobCreate:
-    try:
-        data = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        raise ApiError(400, "bad_request", "the body is not valid JSON") from None
+async def _parse_json(request: Request, settings: Settings) -> JobCreate:
+    data = load_json(await request.body(), settings)
     try:
         return JobCreate.model_validate(data)
     except ValidationError as exc:
         raise _invalid(exc) from None
 
 
-async def _parse_form(request: Request, max_bytes: int) -> tuple[JobSpec, UploadFile]:
-    length = request.headers.get("content-length", "")
-    if length.isdigit() and int(length) > max_bytes + MULTIPART_OVERHEAD:
-        raise too_large(max_bytes)
-    limited = Request(
-        request.scope, limited_receive(request.receive, max_bytes + MULTIPART_OVERHEAD)
-    )
-    form = await limited.form(max_files=1, max_fields=10)
+async def _parse_form(request: Request, settings: Settings) -> tuple[JobSpec, UploadFile]:
+    """The body's size was bounded before it streamed in (app/api/limits.py)."""
+    form = await request.form(max_files=1, max_fields=10, max_part_size=max_json_bytes(settings))
     file = form.get("file")
     if not isinstance(file, UploadFile):
         raise ApiError(
@@ -109,8 +100,10 @@ async def _parse_form(request: Request, max_bytes: int) -> tuple[JobSpec, Upload
     raw_params = form.get("params")
     if isinstance(raw_params, str) and raw_params.strip():
         try:
-            fields["params"] = json.loads(raw_params)
-        except ValueError:
+            fields["params"] = load_json(raw_params, settings)
+        except ApiError as exc:
+            if exc.status != 400:
+                raise
             raise ApiError(
                 422, "invalid_request", 'params must be a JSON object, e.g. {"format": "mp3"}'
             ) from None
@@ -138,13 +131,15 @@ def _answer(submitted: Submitted) -> JSONResponse:
     status_code=202,
     response_model=JobOut,
     summary="Submit a job",
-    description="Answers 202 with the new job; 200 with the existing job when the "
-    "Idempotency-Key was used before, or when the same audio with the same kind and params was "
-    "submitted within the deduplication window.",
+    description="Answers 202 with the new job; 200 with the existing job when the same request "
+    "came with this Idempotency-Key before (409 if the key came with another file, input_key, "
+    "kind, params or callback_url), or when the same audio with the same kind and params was "
+    "submitted within the deduplication window (`reused_from` then names that job).",
     openapi_extra=_CREATE_OPENAPI,
     responses=errors(
         400,
         401,
+        409,
         413,
         415,
         422,
@@ -169,12 +164,12 @@ async def create_job(
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     submitter = Submitter(ctx)
     if content_type == "application/json":
-        spec = await _parse_json(request)
+        spec = await _parse_json(request, ctx.settings)
         submitted = await run_in_threadpool(
             submitter.submit, user, spec, key=spec.input_key, idempotency_key=idempotency_key
         )
     elif content_type == "multipart/form-data":
-        form_spec, file = await _parse_form(request, ctx.max_upload_bytes)
+        form_spec, file = await _parse_form(request, ctx.settings)
         try:
             upload = Upload(file=file.file, filename=file.filename or "")
             submitted = await run_in_threadpool(
@@ -213,9 +208,8 @@ def list_jobs(
             conn, limit=limit + 1, statuses=list(status) if status else None, before=before
         )
     page = jobs[:limit]
-    expires = ctx.settings.presign_expires
     return JobList(
-        jobs=[job_view(job, ctx.storage, expires=expires) for job in page],
+        jobs=ctx.views(page),
         next_cursor=encode_cursor(page[-1]) if len(jobs) > limit else None,
     )
 
@@ -229,11 +223,7 @@ def list_jobs(
 def get_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
     with ctx.user_connection(user) as conn:
         job = ctx.queue.get(conn, job_id)
-    position = None
-    if job.status == "queued":
-        with ctx.connection() as conn:
-            position = ctx.queue.job_position(conn, job.id)
-    return job_view(job, ctx.storage, expires=ctx.settings.presign_expires, position=position)
+    return ctx.views([job])[0]
 
 
 @router.post(
@@ -245,7 +235,7 @@ def get_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
 def cancel_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
     with ctx.user_connection(user) as conn:
         job = ctx.queue.cancel_as_user(conn, job_id)
-    return job_view(job, ctx.storage, expires=ctx.settings.presign_expires)
+    return ctx.view(job)
 
 
 @router.get(
@@ -254,8 +244,8 @@ def cancel_job(ctx: Ctx, user: User, job_id: UUID) -> JobOut:
     description="Each event's data is the job (as GET /v1/jobs/{id}); the stream ends after a "
     "final status (succeeded, failed, cancelled). EventSource clients may pass the token as "
     "?access_token=.",
-    response_class=StreamingResponse,
-    responses=errors(401, 404, 422, extra={200: {"content": {"text/event-stream": {}}}}),
+    response_class=EventSourceResponse,
+    responses=errors(401, 404, 422, 429, extra={200: {"content": {"text/event-stream": {}}}}),
 )
-async def job_events(ctx: Ctx, user: StreamUser, job_id: UUID) -> StreamingResponse:
+async def job_events(ctx: Ctx, user: StreamUser, job_id: UUID) -> EventSourceResponse:
     return await job_event_stream(ctx, user, job_id)

@@ -1,83 +1,71 @@
-"""Server-sent events for one job, driven by the database's NOTIFY on `stemfleet_job_events`
-(payload: a job id). Each notification for this job re-reads the row as the user; an event is
-sent when status or progress changed, and the stream ends after a final status."""
+"""Server-sent events for one job. The stream subscribes to the process's one broadcaster
+(app/api/broadcast.py) first, then reads the job as the user (404 if not theirs), so no change is
+missed; an event is sent when status, progress or place in line changed, and the stream ends after
+a final status. The response side is sse-starlette (keepalive pings, disconnects, shutdown)."""
 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import AsyncIterator
 from uuid import UUID
 
-import psycopg
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import StreamingResponse
-from psycopg import sql
+from sse_starlette import EventSourceResponse, ServerSentEvent
 
+from app.api.broadcast import BroadcasterUnavailable, JobState, TooManyStreams
 from app.api.context import ApiContext
-from app.api.views import job_view
-from app.errors import JobNotFound
+from app.api.errors import ApiError, DatabaseUnavailable
 from app.log import get_logger
-from app.queue import EVENTS_CHANNEL, Job
 
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def format_event(data: str, event_id: int) -> bytes:
-    return f"id: {event_id}\ndata: {data}\n\n".encode()
-
-
-async def job_event_stream(ctx: ApiContext, user_id: UUID, job_id: UUID) -> StreamingResponse:
-    """LISTEN first, then read the job (404 if not the user's), so no change is missed."""
-
-    def read() -> Job:
-        with ctx.user_connection(user_id) as conn:
-            return ctx.queue.get(conn, job_id)
-
-    listener = await psycopg.AsyncConnection.connect(
-        ctx.database_url, autocommit=True, application_name="stemfleet-api-sse"
-    )
+async def job_event_stream(ctx: ApiContext, user_id: UUID, job_id: UUID) -> EventSourceResponse:
+    broadcaster = ctx.broadcaster()
     try:
-        await listener.execute(sql.SQL("listen {}").format(sql.Identifier(EVENTS_CHANNEL)))
-        job = await run_in_threadpool(read)
+        subscription = await broadcaster.subscribe(user_id, job_id)
+    except TooManyStreams as exc:
+        raise ApiError(
+            429,
+            "too_many_streams",
+            f"you already follow {exc.limit} jobs live, this server's limit per user "
+            "(STEMFLEET_SSE_MAX_STREAMS_PER_USER); close a stream you no longer watch (or poll "
+            "GET /v1/jobs/{id}), then retry",
+            headers={"Retry-After": "5"},
+        ) from None
+    except BroadcasterUnavailable as exc:
+        raise DatabaseUnavailable(str(exc)) from None
+    try:
+        first = await run_in_threadpool(ctx.read_state_as_user, user_id, job_id)
     except BaseException:
-        await listener.close()
+        subscription.close()
         raise
 
-    def render(job: Job, event_id: int) -> bytes:
-        view = job_view(job, ctx.storage, expires=ctx.settings.presign_expires)
-        return format_event(json.dumps(view.model_dump(mode="json")), event_id)
+    def render(state: JobState, event_id: int) -> ServerSentEvent:
+        subscription.last = state
+        view = ctx.view(state.job, position=state.position)
+        return ServerSentEvent(data=json.dumps(view.model_dump(mode="json")), id=str(event_id))
 
-    async def events() -> AsyncIterator[bytes]:
-        log = get_logger(job_id=job_id)
-        keepalive = ctx.settings.sse_keepalive
-        current = job
+    async def events() -> AsyncIterator[ServerSentEvent]:
         sent = 1
-        last_write = time.monotonic()
         try:
-            yield render(current, sent)
-            while not current.is_final:
-                mine = False
-                async for note in listener.notifies(timeout=keepalive, stop_after=1):
-                    mine = note.payload == str(job_id)
-                idle = time.monotonic() - last_write >= keepalive
-                if idle:
-                    yield b": keepalive\n\n"
-                    last_write = time.monotonic()
-                if not mine and not idle:
+            yield render(first, sent)
+            if first.job.is_final:
+                return
+            async for state in subscription.updates():
+                last = subscription.last
+                # A re-read that began before the stream's own first read can arrive after it:
+                # never step back to an older row.
+                if last is not None and (
+                    state.shown == last.shown or state.job.updated_at < last.job.updated_at
+                ):
                     continue
-                # Re-read on our notification, and on every idle period as a safety net.
-                try:
-                    latest = await run_in_threadpool(read)
-                except JobNotFound:
-                    log.info("sse_job_gone")
+                sent += 1
+                yield render(state, sent)
+                if state.job.is_final:
                     return
-                if (latest.status, latest.progress) != (current.status, current.progress):
-                    sent += 1
-                    current = latest
-                    yield render(current, sent)
-                    last_write = time.monotonic()
+            get_logger(job_id=job_id).info("sse_job_gone")
         finally:
-            await listener.close()
+            subscription.close()
 
-    return StreamingResponse(events(), media_type="text/event-stream", headers=STREAM_HEADERS)
+    return EventSourceResponse(events(), ping=ctx.settings.sse_keepalive, headers=STREAM_HEADERS)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,7 +16,7 @@ from app.api.errors import ApiError
 from app.api.intake import Input, copy_limited, inspect_audio, sha256_file, too_large
 from app.api.sniff import EXTENSIONS
 from app.api.ssrf import UnsafeCallbackUrl
-from app.api.views import JobOut, job_view
+from app.api.views import JobOut
 from app.errors import ObjectNotFound, StorageKeyError
 from app.log import get_logger
 from app.params import JobParams
@@ -55,6 +55,32 @@ class Upload:
 
 
 @dataclass(frozen=True)
+class Request:
+    """What an Idempotency-Key stands for: the same key must come with the same request."""
+
+    kind: str
+    params: dict[str, Any]
+    callback_url: str | None
+    input_key: str | None  # by input_key; None for an uploaded file (compared by sha256)
+
+    def differences(self, job: Job, *, sha256: str | None) -> list[str]:
+        found = [
+            name
+            for name, mine, theirs in (
+                ("kind", self.kind, job.kind),
+                ("params", self.params, job.params),
+                ("callback_url", self.callback_url, job.callback_url),
+            )
+            if mine != theirs
+        ]
+        if self.input_key is not None and self.input_key != job.input_key:
+            found.append("input_key")
+        if sha256 is not None and sha256 != job.input_sha256:
+            found.append("file")
+        return found
+
+
+@dataclass(frozen=True)
 class Submitted:
     job: JobOut
     created: bool
@@ -67,8 +93,9 @@ class Submitter:
         self.ctx = ctx
         self.log = get_logger()
 
-    def _view(self, job: Job) -> JobOut:
-        return job_view(job, self.ctx.storage, expires=self.ctx.settings.presign_expires)
+    def _view(self, job: Job, *, reused: bool = False) -> JobOut:
+        view = self.ctx.views([job])[0]
+        return view.model_copy(update={"reused_from": job.id}) if reused else view
 
     def submit(
         self,
@@ -80,32 +107,30 @@ class Submitter:
         idempotency_key: str | None = None,
     ) -> Submitted:
         ctx = self.ctx
-        if idempotency_key is not None:
-            with ctx.user_connection(user_id) as conn:
-                existing = ctx.queue.find_idempotent_mine(conn, idempotency_key)
-            if existing is not None:
-                return Submitted(self._view(existing), created=False, replayed=True)
-        self._check_callback(spec.callback_url)
-        with ctx.user_connection(user_id) as conn:
-            queued = ctx.queue.count_queued_mine(conn)
-        limit = ctx.settings.max_queued_per_user
-        if queued >= limit:
-            raise ApiError(
-                429,
-                "too_many_queued_jobs",
-                f"you already have {queued} queued jobs, the limit is {limit}; wait for some to "
-                "start or cancel some, then retry",
-                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)},
-            )
         # The fleet's default model is written into the job, so a job records what it ran with
         # and dedup never matches a job separated by another model.
         chosen = spec.params.model_copy(update={"model": spec.params.model or ctx.settings.model})
-        params = chosen.model_dump(mode="json", exclude_none=True)
+        request = Request(
+            kind=spec.kind,
+            params=chosen.model_dump(mode="json", exclude_none=True),
+            callback_url=spec.callback_url,
+            input_key=key,
+        )
+        earlier, replay_key = None, idempotency_key or ""
+        if idempotency_key is not None:
+            with ctx.user_connection(user_id) as conn:
+                earlier = ctx.queue.find_idempotent_mine(conn, idempotency_key)
+        if earlier is not None and upload is None:
+            return self._replay(earlier, replay_key, request)
         with tempfile.TemporaryDirectory(prefix="stemfleet-api-") as tmp:
             source = Path(tmp) / "input"
             if upload is not None:
                 size, sha256 = copy_limited(upload.file, source, ctx.max_upload_bytes)
-            else:
+                if earlier is not None:
+                    return self._replay(earlier, replay_key, request, sha256=sha256)
+            self._check_callback(spec.callback_url)
+            self._check_queue_limit(user_id)
+            if upload is None:
                 assert key is not None
                 size = self._fetch_input(user_id, key, source)
                 sha256 = sha256_file(source)
@@ -116,14 +141,15 @@ class Submitter:
                         conn,
                         sha256=sha256,
                         kind=spec.kind,
-                        params=params,
+                        params=request.params,
                         window=ctx.settings.dedup_window,
                     )
                 if duplicate is not None:
                     self.log.info(
                         "job_deduplicated", job_id=str(duplicate.id), user_id=str(user_id)
                     )
-                    return Submitted(self._view(duplicate), created=False, deduplicated=True)
+                    view = self._view(duplicate, reused=True)
+                    return Submitted(view, created=False, deduplicated=True)
             if upload is not None:
                 key = self._store(user_id, upload.filename, found)
         assert key is not None
@@ -133,16 +159,46 @@ class Submitter:
                 user_id=user_id,
                 input_key=key,
                 kind=spec.kind,
-                params=params,
+                params=request.params,
                 input_sha256=found.sha256,
                 duration_s=found.duration_s,
                 callback_url=spec.callback_url,
                 idempotency_key=idempotency_key,
                 max_attempts=ctx.settings.max_attempts,
             )
-        if created:
-            self.log.info("job_submitted", job_id=str(job.id), user_id=str(user_id), kind=job.kind)
-        return Submitted(self._view(job), created=created, replayed=not created)
+        if not created:  # the same key, sent twice at once: the other request won
+            return self._replay(job, replay_key, request, sha256=found.sha256)
+        self.log.info("job_submitted", job_id=str(job.id), user_id=str(user_id), kind=job.kind)
+        return Submitted(self._view(job), created=True)
+
+    def _replay(
+        self, earlier: Job, idempotency_key: str, request: Request, *, sha256: str | None = None
+    ) -> Submitted:
+        """The job an Idempotency-Key was first used for, if this is the same request (409 if
+        not, as payment APIs do: a key names one request, never a different one)."""
+        differs = request.differences(earlier, sha256=sha256)
+        if differs:
+            raise ApiError(
+                409,
+                "idempotency_key_reused",
+                f"Idempotency-Key {idempotency_key!r} was already used for job {earlier.id}, "
+                f"with a different {' and '.join(differs)}; send exactly the same request to "
+                "get that job again, or use a new key for a new job",
+            )
+        return Submitted(self._view(earlier), created=False, replayed=True)
+
+    def _check_queue_limit(self, user_id: UUID) -> None:
+        with self.ctx.user_connection(user_id) as conn:
+            queued = self.ctx.queue.count_queued_mine(conn)
+        limit = self.ctx.settings.max_queued_per_user
+        if queued >= limit:
+            raise ApiError(
+                429,
+                "too_many_queued_jobs",
+                f"you already have {queued} queued jobs, the limit is {limit}; wait for some to "
+                "start or cancel some, then retry",
+                headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER)},
+            )
 
     def _check_callback(self, url: str | None) -> None:
         if url is None:

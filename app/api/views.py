@@ -25,7 +25,9 @@ class JobOut(BaseModel):
     status: Literal["queued", "running", "succeeded", "failed", "cancelled"]
     progress: float = Field(description="0..1 while running; 1 once succeeded")
     queue_position: int | None = Field(
-        None, description="1 = next to run; only while queued, only on GET /v1/jobs/{id}"
+        None,
+        description="1 = next to run: place among the queued jobs due to run, in claim order "
+        "(priority, then age); null unless queued, and while a retry waits out its backoff",
     )
     params: dict[str, Any]
     input_key: str
@@ -49,6 +51,11 @@ class JobOut(BaseModel):
         None, description="stem name -> download, once succeeded"
     )
     url_expires_in: float | None = None
+    reused_from: UUID | None = Field(
+        None,
+        description="only in a submit answer: the same audio with the same kind and params was "
+        "submitted before, so that job (this one) and its stems are reused, nothing runs again",
+    )
 
 
 class JobList(BaseModel):
@@ -118,6 +125,7 @@ def job_view(
         output=job.output,
         stems=stems,
         url_expires_in=expires if stems else None,
+        reused_from=None,
     )
 
 

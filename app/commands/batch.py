@@ -156,6 +156,9 @@ class Batch:
         self.board.update(item.name, "uploading")
         job = self._submit(item)
         job_id = str(job["id"])
+        reused = f"reused the stems of job {job_id}" if job.get("reused_from") else ""
+        if reused:  # the same audio with the same options was separated (or queued) before
+            self.board.update(item.name, "reused", note=f"{reused}: same audio and options")
         with self._lock:
             self._submitted[item.name] = job_id
         for job in self.client.follow(job_id):
@@ -164,15 +167,18 @@ class Batch:
             self._show(item, job)
         if job["status"] != "succeeded":
             return ItemResult(item, False, self._fatal or reason_of(job), job_id)
-        self.board.update(item.name, "downloading", 0.0)
+        self.board.update(item.name, "downloading", 1.0)
         stems = self.client.download_stems(
             job,
             item.dest,
-            progress=lambda done: self.board.update(item.name, "downloading", done),
+            progress=lambda done: self.board.update(
+                item.name, "downloading", 1.0, note=f"stems {done:.0%}"
+            ),
         )
         if self.on_success is not None:
             self.on_success(item, job, stems)
-        self.board.update(item.name, "done", 1.0, note=f"{len(stems)} stems in {item.dest}")
+        note = f"{len(stems)} stems in {item.dest}" + (f" ({reused})" if reused else "")
+        self.board.update(item.name, "done", 1.0, note=note)
         return ItemResult(item, True, job_id=job_id, stems=stems)
 
     def _submit(self, item: Item) -> JobDict:

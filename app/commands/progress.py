@@ -20,6 +20,14 @@ REDRAW_INTERVAL = 0.1
 PLAIN_STEP = 0.25
 
 
+_ATTEMPT_STAGES = ("running", "downloading", "done")
+
+
+def _same_attempt(before: str, after: str) -> bool:
+    """A new attempt starts from queued: from running on, the bar belongs to one attempt."""
+    return before in _ATTEMPT_STAGES and after in _ATTEMPT_STAGES
+
+
 @dataclass
 class _Line:
     name: str
@@ -44,6 +52,9 @@ class ProgressBoard:
         with self._lock:
             line = self._lines[name]
             changed_state = (state, note) != (line.state, line.note)
+            if _same_attempt(line.state, state) and line.fraction is not None:
+                # within one attempt the bar only moves forward (a late, older row changes nothing)
+                fraction = max(line.fraction, fraction or 0.0)
             line.state, line.fraction, line.note = state, fraction, note
             if self._closed:
                 return
@@ -54,6 +65,10 @@ class ProgressBoard:
                     self._drawn_at = now
             else:
                 self._print_plain(line)
+
+    def fraction(self, name: str) -> float | None:
+        with self._lock:
+            return self._lines[name].fraction
 
     def close(self) -> None:
         with self._lock:
@@ -85,14 +100,15 @@ class ProgressBoard:
         # Only the model's progress is worth a line per step; other states print once.
         fraction = line.fraction if line.state == "running" else None
         step = -1 if fraction is None else int(fraction / PLAIN_STEP + 1e-9)
-        key = (f"{line.state}|{line.note}", step)
+        note = "" if line.state == "downloading" else line.note  # its percent: not a line each
+        key = (f"{line.state}|{note}", step)
         if key == line.plain_printed:
             return
         line.plain_printed = key
         text = f"{line.name}: {line.state}"
         if fraction is not None:
             text += f" {fraction:.0%}"
-        if line.note:
-            text += f"  {line.note}"
+        if note:
+            text += f"  {note}"
         self.stream.write(text + "\n")
         self.stream.flush()

@@ -14,10 +14,11 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from app.api.webhooks import webhook_secret_path
 from app.commands.common import command_settings, terminate_as_interrupt
 from app.embedded import EmbeddedSystem, read_state
 from app.errors import ConfigError
-from app.settings import parse_duration
+from app.settings import Settings, parse_duration
 
 
 def _duration(text: str) -> float:
@@ -104,6 +105,20 @@ def _ignoring_interrupts() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
+def sign_in_link(page_url: str, token: str) -> str:
+    """A page's local sign-in link: the token rides in the fragment, which the browser keeps
+    to itself (never sent to a server, never in an access log); the page stores it and drops
+    it from the address bar."""
+    return f"{page_url}#token={token}"
+
+
+def webhook_secret_note(settings: Settings) -> str:
+    """Where the signing secret of the webhooks (Standard Webhooks) is."""
+    if settings.webhook_secret:
+        return "signed with STEMFLEET_WEBHOOK_SECRET"
+    return f"signed with the secret in {webhook_secret_path(settings)}"
+
+
 def _banner(system: EmbeddedSystem) -> None:
     settings = system.settings
     storage = (
@@ -116,8 +131,11 @@ def _banner(system: EmbeddedSystem) -> None:
         database += f"  (data: {system.postgres.server.data_dir})"
     lines = [
         "stemfleet is up",
+        f"  open      {sign_in_link(system.api_url + '/', system.token)}   (signs you in)",
+        f"  operator  {sign_in_link(system.api_url + '/admin', system.token)}",
         f"  API       {system.api_url}   (docs: {system.api_url}/docs)",
         f"  token     {system.token}",
+        f"  webhooks  {webhook_secret_note(settings)}",
         f"  database  {database}",
         f"  storage   {storage}",
         f"  workers   {system.model}, started on demand by the scaler (local provider)",

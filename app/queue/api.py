@@ -40,7 +40,13 @@ select * from public.jobs
 Q_FIND_IDEMPOTENT_MINE = """
 select * from public.jobs where user_id = auth.uid() and idempotency_key = %(key)s
 """
-Q_JOB_POSITION = "select queue.job_position(%(job_id)s) as position"
+# A queued job's place in line: the one definition (queue.queue_positions, in SQL) behind every
+# queue_position the API shows. Jobs not in line (running, finished, waiting out a backoff) are
+# absent from the answer.
+Q_QUEUE_POSITIONS = """
+select job_id, queue_position from queue.queue_positions(%(ids)s::uuid[], p_now => %(now)s)
+"""
+Q_GET_JOBS = "select * from public.jobs where id = any (%(ids)s::uuid[])"
 Q_SPEND_NOW = "select * from scaler.spend(p_now => %(now)s)"
 
 # Admin views, by the name the API serves them under.
@@ -56,6 +62,18 @@ ADMIN_VIEWS = {
         "select id, started_at, finished_at, duration_ms, provider, dry_run, queued, machines,"
         " target, actions_count, errors_count, scaled_up, scaled_down, actions, errors"
         " from admin.scaler_runs limit 20"
+    ),
+    # the runs that did or tried something (an idle loop runs every few seconds)
+    "scaler_decisions": (
+        "select id, started_at, provider, dry_run, queued, machines, target, scaled_up,"
+        " scaled_down, actions, errors, plan -> 'notes' as notes, plan -> 'budget_exhausted'"
+        " as budget_exhausted from admin.scaler_runs"
+        " where actions_count > 0 or errors_count > 0 limit 20"
+    ),
+    "spend_by_job": (
+        "select job_id, kind, status, audio_s, machine_id, provider, size, started_at,"
+        " finished_at, run_s, hourly_usd, cost_usd from admin.spend_by_job"
+        " order by started_at desc, job_id limit 50"
     ),
 }
 
@@ -107,9 +125,16 @@ class ApiQueries(SqlCaller):
         return Job.from_row(row) if row else None
 
     # --- service connection ---------------------------------------------------------------
-    def job_position(self, conn: Connection, job_id: UUID) -> int | None:
-        row = self._one(conn, Q_JOB_POSITION, {"job_id": job_id})
-        return row["position"] if row else None
+    def queue_positions(self, conn: Connection, job_ids: list[UUID]) -> dict[UUID, int]:
+        """Job id -> 1-based place in line, for those of `job_ids` that are in line."""
+        if not job_ids:
+            return {}
+        rows = self._all(conn, Q_QUEUE_POSITIONS, {"ids": job_ids})
+        return {row["job_id"]: row["queue_position"] for row in rows}
+
+    def get_jobs(self, conn: Connection, job_ids: list[UUID]) -> list[Job]:
+        """Several jobs by id, whoever owns them (the event broadcaster's re-read)."""
+        return [Job.from_row(r) for r in self._all(conn, Q_GET_JOBS, {"ids": job_ids})]
 
     def admin_view(self, conn: Connection, name: str) -> list[dict[str, Any]]:
         return self._all(conn, ADMIN_VIEWS[name], {})

@@ -5,7 +5,7 @@ Wrappers over the scaler.* SQL functions (supabase/migrations/20261122000400_sca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -14,7 +14,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from app.db import Connection
-from app.queue.jobs import JobKind, SqlCaller, Worker
+from app.queue.jobs import JobKind, Reaped, SqlCaller, Worker
 
 # One scaler acts at a time: a session-level advisory lock ("SCAL").
 SCALER_LOCK_KEY = 0x5343414C
@@ -93,6 +93,8 @@ class MachineReport:
     hourly_usd: float
     billed: bool  # started, starting or stopping: the provider charges for it
     state_since: datetime | None
+    stopped_hourly_usd: float = 0.0  # what it costs while stopped (e.g. its disk)
+    parked: bool = False  # stopped or failed: billed at stopped_hourly_usd
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -101,6 +103,8 @@ class MachineReport:
             "hourly_usd": self.hourly_usd,
             "billed": self.billed,
             "state_since": self.state_since.isoformat() if self.state_since else None,
+            "stopped_hourly_usd": self.stopped_hourly_usd,
+            "parked": self.parked,
         }
 
 
@@ -122,6 +126,13 @@ Q_RECONCILE_MACHINES = """
 select * from scaler.reconcile_machines(p_provider => %(provider)s, p_machines => %(machines)s,
     p_now => %(now)s)
 """
+Q_RECONCILE_PARKED = """
+select * from scaler.reconcile_parked(p_provider => %(provider)s, p_machines => %(machines)s,
+    p_now => %(now)s)
+"""
+Q_PARKED_RUNS = """
+select * from scaler.parked_runs where provider = %(provider)s order by started_at, id
+"""
 Q_RECORD_RUN = """
 select * from scaler.record_run(p_provider => %(provider)s, p_started_at => %(started_at)s,
     p_inputs => %(inputs)s, p_plan => %(plan)s, p_actions => %(actions)s,
@@ -131,6 +142,10 @@ Q_MACHINE_RUNS = """
 select * from scaler.machine_runs where provider = %(provider)s order by started_at, id
 """
 Q_LAST_RUNS = "select * from scaler.runs order by id desc limit %(limit)s"
+Q_RELEASE_DEAD_WORKERS = """
+select * from queue.release_dead_workers(p_machines => %(machines)s,
+    p_backoff_base_seconds => %(backoff)s, p_now => %(now)s)
+"""
 
 
 class FleetQueries(SqlCaller):
@@ -166,6 +181,28 @@ class FleetQueries(SqlCaller):
         assert row is not None
         return ScaleHistory(**row)
 
+    def release_dead_workers(
+        self,
+        conn: Connection,
+        down: Mapping[str, datetime],
+        *,
+        rebooted: Mapping[str, datetime] | None = None,
+        backoff_base: float = 10.0,
+    ) -> list[Reaped]:
+        """The workers of dead machines, and their running jobs released now, as a lease expiry
+        would release them. `down`: machine id -> when it was seen stopped, failed or gone (its
+        workers registered by then are dead); `rebooted`: machine id -> when its current boot
+        began (its workers registered and last heard from before then are dead)."""
+        machines = [{"id": mid, "before": at.isoformat()} for mid, at in sorted(down.items())]
+        machines += [
+            {"id": mid, "before": at.isoformat(), "silent_since": at.isoformat()}
+            for mid, at in sorted((rebooted or {}).items())
+        ]
+        rows = self._all(
+            conn, Q_RELEASE_DEAD_WORKERS, {"machines": Jsonb(machines), "backoff": backoff_base}
+        )
+        return [Reaped(**r) for r in rows]
+
     # --- records --------------------------------------------------------------------------
     def machine_started(
         self, conn: Connection, *, provider: str, machine_id: str, size: str, hourly_usd: float
@@ -196,14 +233,17 @@ class FleetQueries(SqlCaller):
     def reconcile_machines(
         self, conn: Connection, *, provider: str, machines: Sequence[MachineReport]
     ) -> list[tuple[str, str, datetime]]:
-        """Open runs for billed machines, close runs of stopped or vanished ones; returns the
-        changes as (opened|closed, machine id, at)."""
-        rows = self._all(
-            conn,
-            Q_RECONCILE_MACHINES,
-            {"provider": provider, "machines": Jsonb([m.as_json() for m in machines])},
-        )
+        """Open runs for billed machines, close runs of stopped or vanished ones, and the same
+        for parked runs (stopped machines with a stopped price); returns the changes as
+        (opened|closed|parked|unparked, machine id, at)."""
+        args = {"provider": provider, "machines": Jsonb([m.as_json() for m in machines])}
+        rows = self._all(conn, Q_RECONCILE_MACHINES, args)
+        rows += self._all(conn, Q_RECONCILE_PARKED, args)
         return [(row["change"], row["machine_id"], row["at"]) for row in rows]
+
+    def parked_runs(self, conn: Connection, provider: str) -> list[dict[str, Any]]:
+        """Stretches machines spent stopped at a nonzero stopped price, oldest first."""
+        return self._all(conn, Q_PARKED_RUNS, {"provider": provider})
 
     def record_run(
         self,

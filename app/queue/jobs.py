@@ -14,7 +14,7 @@ from psycopg.types.json import Jsonb
 
 from app.clock import Clock, SystemClock
 from app.db import Connection
-from app.errors import InvalidTransition, JobNotFound, LeaseLost, QueueError
+from app.errors import InvalidTransition, JobNotFound, LeaseLost, ModelNotServed, QueueError
 
 JobKind = Literal["separate", "preview"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -134,7 +134,12 @@ select * from queue.register_worker(p_machine_id => %(machine_id)s, p_provider =
 Q_WORKER_HEARTBEAT = "select * from queue.worker_heartbeat(%(worker_id)s, p_now => %(now)s)"
 Q_DRAIN_WORKER = "select * from queue.drain_worker(%(worker_id)s, %(draining)s)"
 Q_WORKER_STOPPED = "select * from queue.worker_stopped(%(worker_id)s, p_now => %(now)s)"
+Q_WORKER_REFUSED = """
+select * from queue.worker_refused(p_machine_id => %(machine_id)s, p_provider => %(provider)s,
+    p_gpu => %(gpu)s, p_region => %(region)s, p_reason => %(reason)s, p_now => %(now)s)
+"""
 Q_PRUNE = "select queue.prune_finished(make_interval(secs => %(older_than)s), %(now)s) as n"
+Q_SERVE_MODELS = "select queue.serve_models(%(names)s)"
 Q_GET_JOB = "select * from public.jobs where id = %(job_id)s"
 Q_GET_WORKER = "select * from public.workers where id = %(worker_id)s"
 
@@ -142,6 +147,7 @@ _ERRORS: dict[str, type[QueueError]] = {
     "SF001": LeaseLost,
     "SF002": JobNotFound,
     "SF003": InvalidTransition,
+    "SF004": ModelNotServed,
 }
 
 
@@ -371,6 +377,36 @@ class JobQueries(SqlCaller):
     def worker_stopped(self, conn: Connection, worker_id: UUID) -> Worker | None:
         row = self._one(conn, Q_WORKER_STOPPED, {"worker_id": worker_id})
         return Worker.from_row(row) if row else None
+
+    def serve_models(self, conn: Connection, names: list[str]) -> None:
+        """Add models to those a job may name (queue.served_models): what a worker or the API
+        knows the fleet can load."""
+        self._one(conn, Q_SERVE_MODELS, {"names": names})
+
+    def worker_refused(
+        self,
+        conn: Connection,
+        *,
+        machine_id: str,
+        provider: str,
+        gpu: str | None,
+        region: str | None,
+        reason: str,
+    ) -> Worker:
+        """Register this boot's worker as stopped at once, with the reason it cannot run."""
+        row = self._one(
+            conn,
+            Q_WORKER_REFUSED,
+            {
+                "machine_id": machine_id,
+                "provider": provider,
+                "gpu": gpu,
+                "region": region,
+                "reason": reason,
+            },
+        )
+        assert row is not None
+        return Worker.from_row(row)
 
     def get_worker(self, conn: Connection, worker_id: UUID) -> Worker:
         row = self._one(conn, Q_GET_WORKER, {"worker_id": worker_id})

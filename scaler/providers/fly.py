@@ -2,10 +2,12 @@
 shared/reference/fly-machines-openapi.yaml.
 
 Worker machines are those whose config metadata has stemfleet_role=worker. New ones are created
-from the machine template (settings.machine_template, default deploy/worker-machine.json).
-Calls are throttled per action and machine (a token bucket: about 1 request/s, burst 3, as the
-API asks), and 429 / 5xx / connection failures are retried with exponential backoff and jitter,
-honouring Retry-After. Machines are never destroyed.
+from the machine template (settings.machine_template, default deploy/worker-machine.json), each
+under the unique name the scaler gives the planned create: a create whose answer was lost is
+never sent again; the machine with that name is adopted instead. Throttling and retries are the
+shared rules of scaler.providers.http. Fly's states map onto the interface's (see
+scaler/providers/base.py); failed machines are destroyed, and a start refused for lack of
+capacity is reported as such so the scaler replaces the machine.
 """
 
 from __future__ import annotations
@@ -13,10 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import random
-import time
-from collections.abc import Callable
-from datetime import datetime
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,56 +25,39 @@ from app.clock import Clock, SystemClock
 from app.errors import ConfigError
 from app.log import get_logger
 from app.settings import Settings
-from scaler.model import Machine
+from scaler.model import Machine, MachineState
 from scaler.policy import hourly_price
-from scaler.providers.base import ProviderError
+from scaler.providers.base import Price, ProviderError
+from scaler.providers.http import ApiClient, Sleep, response_text
 
 ROLE_KEY = "stemfleet_role"
 ROLE = "worker"
 SIZE_KEY = "stemfleet_size"
 DEFAULT_TEMPLATE = Path("deploy/worker-machine.json")
-MAX_RETRY_AFTER = 120.0
 WAIT_CHUNK = 60  # the API's longest wait per request, seconds
+BOOT_EVENTS = ("launch", "start")
 
-Sleep = Callable[[float], None]
-
-
-class TokenBucket:
-    """`rate` tokens per second, at most `burst` saved up. `take` reserves a token and returns
-    how long to wait before using it (0 when one is there)."""
-
-    def __init__(self, rate: float, burst: int, monotonic: Callable[[], float]) -> None:
-        self.rate, self.burst, self._monotonic = rate, float(burst), monotonic
-        self.tokens = float(burst)
-        self.at = monotonic()
-
-    def take(self) -> float:
-        now = self._monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        self.tokens -= 1
-        return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
-def backoff_delay(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with jitter: base * 2^attempt capped, then 50-100% of it."""
-    delay = min(cap, base * 2**attempt)
-    return delay * (0.5 + rng.random() / 2)
+# Fly's machine states onto the interface's (scaler/providers/base.py).
+FLY_STATES: dict[str, MachineState] = {
+    "created": "starting",
+    "starting": "starting",
+    "replacing": "starting",
+    "updating": "starting",
+    "started": "started",
+    "stopping": "stopping",
+    "suspending": "stopping",
+    "destroying": "stopping",
+    "stopped": "stopped",
+    "suspended": "stopped",
+    "failed": "failed",
+    "destroyed": "gone",
+    "replaced": "gone",
+}
 
 
-def retry_after_seconds(value: str | None, now: datetime) -> float | None:
-    """Retry-After as delta-seconds or an HTTP date; None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - now).total_seconds()
-        except (TypeError, ValueError):
-            return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+def fly_state(state: str) -> MachineState:
+    """Unknown states count as starting: billed and transient."""
+    return FLY_STATES.get(state, "starting")
 
 
 def parse_time(value: Any) -> datetime | None:
@@ -85,6 +67,18 @@ def parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+def booted_at(item: dict[str, Any]) -> datetime | None:
+    """When the machine's current boot began: its latest launch or start event."""
+    stamps = [
+        e["timestamp"]
+        for e in item.get("events") or []
+        if isinstance(e, dict)
+        and e.get("type") in BOOT_EVENTS
+        and isinstance(e.get("timestamp"), int)
+    ]
+    return datetime.fromtimestamp(max(stamps) / 1000, UTC) if stamps else None
 
 
 def load_template(settings: Settings) -> dict[str, Any]:
@@ -148,89 +142,27 @@ class FlyProvider:
         self.create_size = settings.machine_size
         self._template = template_request(template) if template is not None else None
         self._clock = clock or SystemClock()
-        self._sleep: Sleep = sleep or time.sleep
-        self._rng = rng or random.Random()
-        self._rate, self._burst = rate, burst
-        self._buckets: dict[tuple[str, str], TokenBucket] = {}
-        self._client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
         self._base = settings.fly_api_url.rstrip("/") + "/v1"
-        self._headers = {
-            "Authorization": f"Bearer {settings.fly_api_token}",
-            "Accept": "application/json",
-        }
+        self.api = ApiClient(
+            "Fly",
+            f"{self._base}/apps/{self.app}",
+            {"Authorization": f"Bearer {settings.fly_api_token}", "Accept": "application/json"},
+            max_retries=settings.fly_max_retries,
+            client=client,
+            clock=self._clock,
+            sleep=sleep,
+            rng=rng,
+            rate=rate,
+            burst=burst,
+        )
         self.log = get_logger(provider="fly", app=self.app)
 
-    # --- HTTP -----------------------------------------------------------------------------
-    def _throttle(self, action: str, key: str) -> None:
-        bucket = self._buckets.get((action, key))
-        if bucket is None:
-            bucket = TokenBucket(self._rate, self._burst, self._clock.monotonic)
-            self._buckets[(action, key)] = bucket
-        delay = bucket.take()
-        if delay > 0:
-            self._sleep(delay)
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        action: str,
-        key: str,
-        body: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> httpx.Response:
-        url = f"{self._base}/apps/{self.app}{path}"
-        retries = self.settings.fly_max_retries
-        attempt = 0
-        while True:
-            self._throttle(action, key)
-            try:
-                response = self._client.request(
-                    method,
-                    url,
-                    json=body,
-                    params=params,
-                    headers=self._headers,
-                    timeout=timeout if timeout is not None else httpx.USE_CLIENT_DEFAULT,
-                )
-            except httpx.TransportError as exc:
-                if attempt >= retries:
-                    raise ProviderError(
-                        f"Fly API unreachable at {self._base} after {attempt + 1} tries: {exc}",
-                        kind="unreachable",
-                    ) from exc
-                delay = backoff_delay(attempt, self._rng)
-                reason = type(exc).__name__
-            else:
-                status = response.status_code
-                if status != 429 and status < 500:
-                    return response
-                if attempt >= retries:
-                    raise ProviderError(
-                        f"Fly API {method} {path}: HTTP {status} after {attempt + 1} tries: "
-                        f"{_error_text(response)}",
-                        kind="rate_limited" if status == 429 else "server_error",
-                        status=status,
-                    )
-                after = retry_after_seconds(response.headers.get("Retry-After"), self._clock.now())
-                delay = after if after is not None else backoff_delay(attempt, self._rng)
-                reason = f"HTTP {status}"
-            self.log.warning(
-                "fly_api_retry",
-                action=action,
-                key=key,
-                attempt=attempt + 1,
-                delay_s=delay,
-                reason=reason,
-            )
-            self._sleep(delay)
-            attempt += 1
-
     # --- the Provider interface -----------------------------------------------------------
+    def create_price(self) -> Price:
+        return Price(hourly_price(self.settings, self.create_size))
+
     def list(self) -> list[Machine]:
-        response = self._request("GET", "/machines", action="list", key=self.app)
+        response = self.api.request("GET", "/machines", action="list", key=self.app)
         _raise_for(response, "list machines")
         machines = []
         for item in response.json() or []:
@@ -240,8 +172,16 @@ class FlyProvider:
             machines.append(self._machine(item))
         return sorted(machines, key=lambda m: m.id)
 
-    def create(self) -> Machine:
+    def create(self, name: str, max_hourly_usd: float) -> Machine:
+        price = self.create_price().running
+        if price > max_hourly_usd + 1e-9:
+            raise ProviderError(
+                f"a {self.create_size} machine costs ${price:.4f}/h, more than the "
+                f"${max_hourly_usd:.4f}/h left under the ceilings",
+                kind="over_ceiling",
+            )
         request = copy.deepcopy(self._template or load_template(self.settings))
+        request["name"] = name
         config = request["config"]
         config["metadata"] = {
             **(config.get("metadata") or {}),
@@ -251,41 +191,82 @@ class FlyProvider:
         config["env"] = {**(config.get("env") or {}), "STEMFLEET_WORKER_PROVIDER": "fly"}
         if self.settings.fly_region and not request.get("region"):
             request["region"] = self.settings.fly_region
-        response = self._request("POST", "/machines", action="create", key=self.app, body=request)
+        try:
+            response = self.api.request(
+                "POST", "/machines", action="create", key=self.app, json=request, creates=True
+            )
+        except ProviderError as exc:
+            if exc.kind != "unknown_outcome":
+                raise
+            adopted = self._named(name)
+            if adopted is None:
+                raise
+            self.log.warning("fly_machine_adopted", machine_id=adopted.id, name=name)
+            return adopted
+        if response.status_code == 409 or (
+            response.status_code >= 400 and "already exists" in response_text(response)
+        ):
+            adopted = self._named(name)  # our own earlier try made it
+            if adopted is not None:
+                self.log.warning("fly_machine_adopted", machine_id=adopted.id, name=name)
+                return adopted
         if response.status_code >= 400:
-            text = _error_text(response)
-            capacity = response.status_code == 412 or "capacity" in text.lower()
+            text = response_text(response)
             raise ProviderError(
                 f"Fly refused to create a machine (HTTP {response.status_code}): {text}",
-                kind="capacity" if capacity else "rejected",
+                kind="capacity"
+                if response.status_code == 412 or _no_capacity(text)
+                else "rejected",
                 status=response.status_code,
             )
         machine = self._machine(response.json())
-        self.log.info("fly_machine_created", machine_id=machine.id, state=machine.state)
+        self.log.info("fly_machine_created", machine_id=machine.id, state=machine.state, name=name)
         return machine
 
+    def _named(self, name: str) -> Machine | None:
+        return next((m for m in self.list() if m.name == name), None)
+
     def start(self, machine_id: str) -> None:
-        response = self._request(
+        response = self.api.request(
             "POST", f"/machines/{machine_id}/start", action="start", key=machine_id
         )
+        if response.status_code >= 400 and _no_capacity(response_text(response)):
+            raise ProviderError(
+                f"Fly could not start machine {machine_id} for lack of capacity on its host: "
+                f"{response_text(response)}",
+                kind="capacity",
+                status=response.status_code,
+            )
         _raise_for(response, f"start machine {machine_id}")
 
     def stop(self, machine_id: str) -> None:
         grace = max(1, int(self.settings.shutdown_grace))
-        response = self._request(
+        response = self.api.request(
             "POST",
             f"/machines/{machine_id}/stop",
             action="stop",
             key=machine_id,
-            body={"signal": "SIGTERM", "timeout": f"{grace}s"},
+            json={"signal": "SIGTERM", "timeout": f"{grace}s"},
         )
         _raise_for(response, f"stop machine {machine_id}")
 
-    def wait(self, machine_id: str, state: str, timeout: float) -> bool:
+    def destroy(self, machine_id: str) -> None:
+        response = self.api.request(
+            "DELETE",
+            f"/machines/{machine_id}",
+            action="destroy",
+            key=machine_id,
+        )
+        if response.status_code == 404:
+            return  # already gone
+        _raise_for(response, f"destroy machine {machine_id}")
+        self.log.info("fly_machine_destroyed", machine_id=machine_id)
+
+    def wait(self, machine_id: str, state: MachineState, timeout: float) -> bool:
         deadline = self._clock.monotonic() + timeout
         while True:
             chunk = int(min(WAIT_CHUNK, max(1.0, deadline - self._clock.monotonic())))
-            response = self._request(
+            response = self.api.request(
                 "GET",
                 f"/machines/{machine_id}/wait",
                 action="wait",
@@ -301,19 +282,23 @@ class FlyProvider:
                 return False
 
     def close(self) -> None:
-        self._client.close()
+        self.api.close()
 
     def _machine(self, item: dict[str, Any]) -> Machine:
         config = item.get("config") or {}
         metadata = config.get("metadata") or {}
-        size = metadata.get(SIZE_KEY) or _guest_size(config.get("guest") or {})
+        size = metadata.get(SIZE_KEY) or _guest_size(config.get("guest") or {}) or self.create_size
+        own = str(item.get("state") or "unknown")
         return Machine(
             id=str(item["id"]),
-            state=str(item.get("state") or "unknown"),
-            size=size or self.create_size,
-            hourly_usd=hourly_price(self.settings, size or self.create_size),
+            state=fly_state(own),
+            size=size,
+            hourly_usd=hourly_price(self.settings, size),
             state_since=parse_time(item.get("updated_at")) or parse_time(item.get("created_at")),
             region=item.get("region"),
+            booted_at=booted_at(item),
+            provider_state=own,
+            name=item.get("name"),
         )
 
 
@@ -324,15 +309,9 @@ def _guest_size(guest: dict[str, Any]) -> str | None:
     return f"shared-cpu-{cpus}x" if kind == "shared" else f"{kind}-{cpus}x"
 
 
-def _error_text(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:300] or response.reason_phrase
-    if isinstance(body, dict) and body.get("error"):
-        status = body.get("status")
-        return f"{body['error']}" + (f" ({status})" if status else "")
-    return str(body)[:300]
+def _no_capacity(text: str) -> bool:
+    """Fly answers a create or start it has no room for with 412 insufficient_capacity."""
+    return "capacity" in text.lower()
 
 
 def _raise_for(response: httpx.Response, what: str) -> None:
@@ -340,7 +319,7 @@ def _raise_for(response: httpx.Response, what: str) -> None:
         return
     kind = "not_found" if response.status_code == 404 else "rejected"
     raise ProviderError(
-        f"Fly API could not {what}: HTTP {response.status_code}: {_error_text(response)}",
+        f"Fly API could not {what}: HTTP {response.status_code}: {response_text(response)}",
         kind=kind,
         status=response.status_code,
     )

@@ -27,9 +27,9 @@ from app.clock import Clock, SystemClock
 from app.log import get_logger
 from app.processes import pid_alive
 from app.settings import Settings
-from scaler.model import Machine
+from scaler.model import Machine, MachineState
 from scaler.policy import hourly_price
-from scaler.providers.base import ProviderError
+from scaler.providers.base import Price, ProviderError
 
 LOCAL_SIZE = "local"
 POLL_S = 0.05
@@ -141,6 +141,7 @@ class LocalProvider:
         self._children[record["id"]] = child
         record["pid"] = child.pid
         record["log"] = str(log_path)
+        record["booted_at"] = self.clock.now().isoformat()
         self._set_state(record, "started")
         self.log.info("local_worker_spawned", machine_id=record["id"], pid=child.pid)
 
@@ -151,14 +152,18 @@ class LocalProvider:
 
     def _machine(self, record: dict[str, Any]) -> Machine:
         size = record.get("size") or self.create_size
-        since = record.get("state_since")
+        since, booted = record.get("state_since"), record.get("booted_at")
+        state: MachineState = "starting" if record["state"] == "created" else record["state"]
         return Machine(
             id=record["id"],
-            state=record["state"],
+            state=state,
             size=size,
             hourly_usd=hourly_price(self.settings, size),
             state_since=datetime.fromisoformat(since) if since else None,
             region="local",
+            booted_at=datetime.fromisoformat(booted) if booted else None,
+            provider_state=record["state"],
+            name=record.get("name"),
         )
 
     # --- the Provider interface -----------------------------------------------------------
@@ -172,9 +177,23 @@ class LocalProvider:
             machines.append(self._machine(self._refresh(record)))
         return machines
 
-    def create(self) -> Machine:
+    def create_price(self) -> Price:
+        return Price(hourly_price(self.settings, self.create_size))
+
+    def create(self, name: str, max_hourly_usd: float) -> Machine:
+        for machine in self.list():
+            if machine.name == name:
+                return machine  # made by an earlier try: adopted, never made twice
+        price = self.create_price().running
+        if price > max_hourly_usd + 1e-9:
+            raise ProviderError(
+                f"a local machine costs ${price:.4f}/h, more than the ${max_hourly_usd:.4f}/h "
+                "left under the ceilings",
+                kind="over_ceiling",
+            )
         record: dict[str, Any] = {
             "id": f"local-{uuid.uuid4().hex[:12]}",
+            "name": name,
             "size": self.create_size,
             "state": "created",
             "created_at": self.clock.now().isoformat(),
@@ -199,7 +218,15 @@ class LocalProvider:
         self._set_state(record, "stopping")
         self.log.info("local_worker_stopping", machine_id=machine_id, pid=record["pid"])
 
-    def wait(self, machine_id: str, state: str, timeout: float) -> bool:
+    def destroy(self, machine_id: str) -> None:
+        record = self._refresh(self._load(machine_id))
+        if record["state"] in ("started", "stopping") and record.get("pid"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(record["pid"], signal.SIGKILL)
+        self._path(machine_id).unlink(missing_ok=True)
+        self.log.info("local_machine_destroyed", machine_id=machine_id)
+
+    def wait(self, machine_id: str, state: MachineState, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         child = self._children.get(machine_id)
         while True:
