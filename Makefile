@@ -18,3 +18,8 @@ demo: install
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache
+
+# The reliability suite (slow, not part of `make test`): CHAOS_ROUNDS=N, CHAOS_SEED=S.
+.PHONY: chaos
+chaos: install
+	.venv/bin/python -m chaos $(CHAOS_ARGS)
