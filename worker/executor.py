@@ -23,9 +23,9 @@ from app.errors import RetryableJobError
 from app.params import JobParams, parse_params
 from worker.audio import probe_duration
 from worker.completer import Completer
+from worker.engine import JobCancelled
 from worker.leases import HeldJob
 from worker.pipeline import FileJob, SeparationResult, separate_file, separate_files
-from worker.separation import JobCancelled
 from worker.shared import Context, Outcome, Prepared, Separated
 
 OOM_SEGMENT_FLOOR = 1.0  # seconds: below this a segment holds too little context to separate well

@@ -40,15 +40,9 @@ from worker.audio import (
     iter_decode,
     probe_duration,
 )
-from worker.separation import (
-    JobCancelled,
-    LoadedModel,
-    MixReader,
-    ProgressFn,
-    Separator,
-    StopFn,
-    Stream,
-)
+from worker.engine import JobCancelled, MixReader, ProgressFn, StopFn, Stream
+from worker.models import LoadedModel
+from worker.separation import Separator
 
 IN_MEMORY_SECONDS = 600.0
 
