@@ -50,8 +50,9 @@ from audio_fixtures import (  # noqa: E402
 
 from app.params import JobParams  # noqa: E402
 from app.settings import load_settings  # noqa: E402
+from worker.engine import JobCancelled  # noqa: E402
 from worker.pipeline import IN_MEMORY_SECONDS, separate_file  # noqa: E402
-from worker.separation import JobCancelled, Separator  # noqa: E402
+from worker.separation import Separator  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from fetch_model import HTDEMUCS_KWARGS  # noqa: E402  (the published architecture)

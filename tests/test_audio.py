@@ -19,7 +19,8 @@ from audio_fixtures import (
 
 from app.errors import PermanentJobError
 from app.params import JobParams
-from worker.audio import decode, encode, iter_decode, probe_duration
+from worker.audio import decode, iter_decode, probe_duration
+from worker.encode import encode
 
 SR = 44100
 

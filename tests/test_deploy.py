@@ -409,7 +409,7 @@ def test_fetch_model_writes_a_local_model_folder_the_worker_loads(
     from demucs.pretrained import get_model
     from demucs.repo import ModelLoadingError
 
-    from worker.separation import load_model
+    from worker.models import load_model
 
     fetch_model = load_script("fetch_model")
     dest = tmp_path / "models"

@@ -13,8 +13,9 @@ from audio_fixtures import one_torch_thread, write_clip, write_corrupt
 from app.errors import PermanentJobError
 from app.params import JobParams
 from app.settings import load_settings
+from worker.engine import JobCancelled
 from worker.pipeline import FileJob, SeparationResult, separate_file, separate_files
-from worker.separation import JobCancelled, Separator
+from worker.separation import Separator
 
 pytestmark = pytest.mark.slow
 

@@ -20,14 +20,9 @@ from app.clock import FakeClock
 from app.errors import PermanentJobError
 from app.params import JobParams
 from app.settings import load_settings
+from worker.engine import JobCancelled, Stream, normalisation, tensor_reader
 from worker.models import MODEL_FAILURE_TTL, ModelUnavailable
-from worker.separation import (
-    JobCancelled,
-    Separator,
-    Stream,
-    normalisation,
-    tensor_reader,
-)
+from worker.separation import Separator
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-import worker.loop as worker_loop
+import worker.executor as worker_executor
 from app.clock import Clock, FakeClock
 from app.db import Connection
 from app.errors import PermanentJobError, StorageError, StorageKeyError
@@ -33,7 +33,9 @@ from tests.worker_helpers import (
     wait_for_job,
     wait_until_all_final,
 )
-from worker.loop import Worker, classify, is_out_of_memory, smaller_segment
+from worker.executor import is_out_of_memory, smaller_segment
+from worker.failures import classify
+from worker.loop import Worker
 from worker.runtime import detect_identity
 from worker.separation import Separator
 
@@ -561,7 +563,7 @@ def test_long_inputs_and_other_models_are_not_grouped(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(worker_loop, "GROUP_MAX_SECONDS", 1.5)
+    monkeypatch.setattr(worker_executor, "GROUP_MAX_SECONDS", 1.5)
     params = {"shifts": 0, "segment": 0.8}
     long = submit(storage, conn, write_clip(tmp_path / "long.wav", 2.0), params=params)
     short = submit(storage, conn, write_clip(tmp_path / "short.wav", 1.0), params=params)

@@ -1,4 +1,5 @@
-"""Loading Demucs models by name, and remembering for a while which ones could not be loaded.
+"""Loading Demucs models by name onto a device, and remembering for a while which ones could not
+be loaded.
 
 A model a worker cannot load (unknown, or its weights cannot be downloaded or read: an offline
 machine without STEMFLEET_MODEL_REPO, say) is the worker's problem, not the job's: the job fails
@@ -10,10 +11,15 @@ go to the worker's log).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from demucs.apply import BagOfModels
+from demucs.htdemucs import HTDemucs
 from demucs.repo import ModelLoadingError
 
 from app.clock import Clock
@@ -72,6 +78,64 @@ def load_model(name: str, repo: Path | None) -> Any:
         ) from None
     model.eval()
     return model
+
+
+def pick_device(setting: str) -> str:
+    """'auto' -> cuda if available, else mps, else cpu; an explicit device must exist."""
+    if setting == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("STEMFLEET_DEVICE=cuda but torch sees no CUDA device: use auto or cpu")
+    if setting == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("STEMFLEET_DEVICE=mps but MPS is not available: use auto or cpu")
+    return setting
+
+
+@dataclass
+class LoadedModel:
+    """A model ready on its device, with what the pipeline needs to know about it."""
+
+    name: str
+    model: Any
+    samplerate: int
+    audio_channels: int
+    sources: list[str]
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def members(self) -> list[Any]:
+        return list(self.model.models) if isinstance(self.model, BagOfModels) else [self.model]
+
+    def max_segment(self) -> float:
+        """Longest segment (s) every member accepts: HTDemucs cannot go past its training one."""
+        limits = [float(m.segment) for m in self.members if isinstance(m, HTDemucs)]
+        return min(limits) if limits else float("inf")
+
+
+def load_onto(name: str, repo: Path | None, device: str, *, precision: str) -> LoadedModel:
+    """`load_model`, moved to `device` (`precision` is only logged)."""
+    started = time.perf_counter()
+    model = load_model(name, repo)
+    model.to(device)
+    loaded = LoadedModel(
+        name=name,
+        model=model,
+        samplerate=int(model.samplerate),
+        audio_channels=int(model.audio_channels),
+        sources=list(model.sources),
+    )
+    get_logger().info(
+        "model_loaded",
+        model=name,
+        device=device,
+        precision=precision,
+        seconds=round(time.perf_counter() - started, 3),
+    )
+    return loaded
 
 
 @dataclass(frozen=True)

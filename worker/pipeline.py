@@ -31,24 +31,11 @@ import numpy as np
 import torch
 
 from app.params import JobParams
-from worker.audio import (
-    BLOCK_FRAMES,
-    OPUS_SAMPLERATE,
-    StemWriter,
-    check_duration,
-    decode,
-    iter_decode,
-    probe_duration,
-)
-from worker.separation import (
-    JobCancelled,
-    LoadedModel,
-    MixReader,
-    ProgressFn,
-    Separator,
-    StopFn,
-    Stream,
-)
+from worker.audio import BLOCK_FRAMES, check_duration, decode, iter_decode, probe_duration
+from worker.encode import OPUS_SAMPLERATE, StemWriter
+from worker.engine import JobCancelled, MixReader, ProgressFn, StopFn, Stream
+from worker.models import LoadedModel
+from worker.separation import Separator
 
 IN_MEMORY_SECONDS = 600.0
 

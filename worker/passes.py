@@ -1,0 +1,127 @@
+"""The forward passes of a separation: several inputs' segments share them.
+
+`run_streams` runs one `Engine` per input (`worker.engine`) to its end. Each pass is led by the
+inputs in turn: the leader fills it with its next segments, the others top it up with theirs
+when they are at the same model member and input length, so short clips fill a large
+accelerator batch. Each input keeps its own segment order, so its result is the same as when
+it runs alone. `ModelRunner` runs a pass: optional autocast (fp16 / bf16), and on CUDA
+out-of-memory the batch halves (for the rest of the run) instead of failing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+import torch
+
+from app.log import get_logger
+from worker.engine import Engine, JobCancelled, Segment, Stream, StreamResult
+from worker.models import LoadedModel
+
+
+def run_streams(
+    loaded: LoadedModel, streams: list[Stream], *, device: str, precision: str, batch_size: int
+) -> list[StreamResult]:
+    """Separate `streams` with `loaded` on `device`, `batch_size` segments per pass at most
+    (see `run_shared`); one run at a time per model."""
+    model = ModelRunner(loaded.members, device, precision, batch_size)
+    engines = [Engine(loaded, stream, device) for stream in streams]
+    with loaded.lock:
+        run_shared(engines, model)
+    return [engine.result for engine in engines]
+
+
+class ModelRunner:
+    """Forward passes of one model on one device: autocast, and on CUDA out-of-memory the
+    batch halves (for the rest of the run) instead of failing."""
+
+    def __init__(self, members: list[Any], device: str, precision: str, batch_size: int) -> None:
+        self.members = members
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+
+    def __call__(self, member: int, inputs: torch.Tensor) -> torch.Tensor:
+        while True:
+            try:
+                with self._autocast():
+                    return self.members[member](inputs).float()
+            except torch.cuda.OutOfMemoryError:
+                if inputs.shape[0] == 1:
+                    raise
+                self.batch_size = max(1, inputs.shape[0] // 2)
+                if self.device == "cuda":
+                    torch.cuda.empty_cache()
+                get_logger().warning("batch_out_of_memory", batch_size=self.batch_size)
+                halves = inputs.split(self.batch_size)
+                return torch.cat([self(member, half) for half in halves])
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
+        if dtype is None:
+            return contextlib.nullcontext()
+        device_type = "cuda" if self.device.startswith("cuda") else self.device
+        return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def run_shared(engines: list[Engine], model: ModelRunner) -> None:
+    """Run the engines to their end, sharing forward passes. Each pass is led by the engines in
+    turn: the leader fills it with its next segments, the others top it up with theirs when
+    they are at the same member and input length. An engine whose stop check, reader or sink
+    fails ends with that error in its result; the others go on. A failing forward pass (the
+    model itself) raises for all."""
+    active = list(engines)
+    turn = 0
+
+    def drop(engine: Engine, error: BaseException) -> None:
+        engine.result.error = error
+        active.remove(engine)
+
+    with torch.inference_mode():
+        while active:
+            for engine in list(active):
+                if engine.stop_requested():
+                    drop(engine, JobCancelled("the job was cancelled; separation stopped"))
+                elif engine.done:
+                    try:
+                        engine.finish()
+                    except Exception as exc:
+                        drop(engine, exc)
+                    else:
+                        active.remove(engine)
+            if not active:
+                break
+            order = active[turn % len(active) :] + active[: turn % len(active)]
+            turn += 1
+            parts: list[tuple[Engine, list[Segment], torch.Tensor]] = []
+            member = valid = None
+            for engine in order:
+                room = model.batch_size - sum(len(batch) for _, batch, _ in parts)
+                if room <= 0:
+                    break
+                batch = engine.take(room, member=member, valid=valid)
+                if not batch:
+                    continue
+                try:
+                    windows = torch.stack([engine.window(s) for s in batch])
+                except Exception as exc:
+                    drop(engine, exc)
+                    continue
+                parts.append((engine, batch, windows))
+                member, valid = batch[0].lane.member, batch[0].valid
+            if not parts:
+                continue
+            assert member is not None
+            started = time.perf_counter()
+            outputs = model(member, torch.cat([w for _, _, w in parts]).to(model.device))
+            seconds = time.perf_counter() - started
+            items = outputs.shape[0]
+            for engine, batch, _ in parts:
+                engine.result.forward_s += seconds * len(batch) / items
+                try:
+                    engine.absorb(batch, outputs[: len(batch)])
+                except Exception as exc:
+                    drop(engine, exc)
+                outputs = outputs[len(batch) :]
