@@ -1,4 +1,4 @@
-"""Benchmark 7: the API's peak memory on a huge JSON body.
+"""Benchmark 8: the API's peak memory on a huge JSON body.
 
 Runs the API as its own process (as bench_sse.py does) and POSTs a 256 MB JSON body to /v1/jobs,
 once with a Content-Length and once chunked (no Content-Length), then reads the process's
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(f"| {label} | {before:.0f} MiB | {peak:.0f} MiB | {answer} |")
     text = "\n".join(
         [
-            f"# Benchmark 7: API peak memory on a {args.mb} MB JSON body",
+            f"# Benchmark 8: API peak memory on a {args.mb} MB JSON body",
             "",
             f"API source: {args.api_src}",
             "",

@@ -1,4 +1,4 @@
-"""Benchmark 6: live status for many event streams on one API process.
+"""Benchmark 7: live status for many event streams on one API process.
 
 Starts a throwaway Postgres (or STEMFLEET_BENCH_DATABASE_URL), runs the API as its own process
 (uvicorn, one worker, STEMFLEET_DB_POOL_MAX=1 so the process may hold its pool's one connection
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     text = "\n".join(
         [
-            f"# Benchmark 6: event streams on one API process ({now_utc()})",
+            f"# Benchmark 7: event streams on one API process ({now_utc()})",
             "",
             table,
             "",
