@@ -13,7 +13,7 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import platformdirs
 from pydantic import (
@@ -255,7 +255,9 @@ def parse_scale_rules(text: str) -> list[tuple[int, int]]:
 
 # Never echoed: a bad value's error names the variable, not what it was given.
 SECRET_FIELDS = frozenset(
-    name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+    name
+    for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *get_args(field.annotation))
 )
 
 
