@@ -11,10 +11,23 @@ import pytest
 
 from app.log import configure, get_logger
 
+# Loggers of libraries: an in-process uvicorn of another test (tests/api_support.py) leaves its
+# own handler, level and propagate=False on "uvicorn"; here they start as a process's do.
+LIBRARY_LOGGERS = ("uvicorn", "uvicorn.error", "httpx", "psycopg.pool")
+
 
 @pytest.fixture
 def logs(capsys: pytest.CaptureFixture[str]) -> Iterator[pytest.CaptureFixture[str]]:
+    saved = []
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        saved.append((logger, logger.level, logger.propagate, logger.handlers[:], logger.disabled))
+        logger.setLevel(logging.NOTSET)
+        logger.propagate, logger.handlers, logger.disabled = True, [], False
     yield capsys
+    for logger, level, propagate, handlers, disabled in saved:
+        logger.setLevel(level)
+        logger.propagate, logger.handlers, logger.disabled = propagate, handlers, disabled
     configure()  # back to the defaults for the tests that follow
 
 
