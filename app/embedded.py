@@ -343,7 +343,7 @@ class EmbeddedSystem:
                 "--port or STEMFLEET_API_PORT"
             )
         if self.settings.database_url:
-            url = self.settings.database_url
+            url = self.settings.database_url.get_secret_value()
         else:
             self.postgres = EmbeddedPostgres(self.settings, self.say)
             url = self.postgres.start()

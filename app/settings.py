@@ -13,10 +13,17 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import platformdirs
-from pydantic import BeforeValidator, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -55,7 +62,7 @@ class Settings(BaseSettings):
     )
 
     # --- core -----------------------------------------------------------------------------
-    database_url: str = ""
+    database_url: SecretStr = SecretStr("")
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -68,8 +75,8 @@ class Settings(BaseSettings):
     s3_endpoint_url: str | None = None
     s3_region: str = "auto"
     s3_bucket: str = "stemfleet"
-    s3_access_key_id: str | None = None
-    s3_secret_access_key: str | None = None
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
     presign_expires: Duration = 3600.0
 
     # --- worker ---------------------------------------------------------------------------
@@ -124,7 +131,7 @@ class Settings(BaseSettings):
     )
     scaler_interval: Duration = 30.0
     fly_api_url: str = "https://api.machines.dev"
-    fly_api_token: str | None = None
+    fly_api_token: SecretStr | None = None
     fly_app: str | None = None
     fly_region: str | None = None
     machine_template: Path | None = None  # default: deploy/worker-machine.json
@@ -136,18 +143,18 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     public_url: str | None = None  # how clients reach the API (for served local files)
-    jwt_secret: str | None = None  # Supabase project's HS256 secret
+    jwt_secret: SecretStr | None = None  # Supabase project's HS256 secret
     jwks_url: str | None = None  # Supabase asymmetric keys
     jwt_audience: str = "authenticated"
-    service_token: str | None = None
+    service_token: SecretStr | None = None
     dev_auth: bool = False
-    dev_token: str | None = None
+    dev_token: SecretStr | None = None
     max_upload_mb: float = Field(200.0, gt=0)
     max_queued_per_user: int = Field(20, ge=1)
     dedup_window: Duration = 24 * 3600.0  # 0 = no dedup by sha256
     # hosts allowed despite the SSRF rules, comma-separated
     callback_allowlist: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    webhook_secret: str | None = None  # "whsec_<base64>" per Standard Webhooks
+    webhook_secret: SecretStr | None = None  # "whsec_<base64>" per Standard Webhooks
     webhook_max_age: Duration = 2 * 3600.0
     webhook_retry_base: Duration = 10.0  # first retry delay; doubles per attempt (max 1h)
     webhook_timeout: Duration = 10.0  # per delivery attempt
@@ -165,13 +172,13 @@ class Settings(BaseSettings):
 
     # --- CLI and embedded default -----------------------------------------------------------
     api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system
-    api_token: str | None = None  # bearer token for api_url
+    api_token: SecretStr | None = None  # bearer token for api_url
     profiles_file: Path | None = None  # `stemfleet process`; default ./stemfleet.yaml
 
     @field_validator("database_url")
     @classmethod
-    def _check_database_url(cls, value: str) -> str:
-        if value and not value.startswith(("postgres://", "postgresql://")):
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        if value and not value.get_secret_value().startswith(("postgres://", "postgresql://")):
             raise ValueError("must start with postgresql:// (a libpq connection URL)")
         return value
 
@@ -223,7 +230,12 @@ class Settings(BaseSettings):
                 "STEMFLEET_DATABASE_URL is not set: give a postgresql:// URL (on Supabase, the "
                 "session connection on port 5432), or run `stemfleet up` for the embedded default"
             )
-        return self.database_url
+        return self.database_url.get_secret_value()
+
+
+def reveal(secret: SecretStr | None) -> str | None:
+    """A secret setting's value, at the point of use (None where it is not set)."""
+    return secret.get_secret_value() if secret is not None else None
 
 
 def parse_scale_rules(text: str) -> list[tuple[int, int]]:
@@ -239,6 +251,14 @@ def parse_scale_rules(text: str) -> list[tuple[int, int]]:
             raise ValueError(f"bad rule {part!r}: threshold >= 0 and add >= 1")
         rules.append(rule)
     return sorted(rules)
+
+
+# Never echoed: a bad value's error names the variable, not what it was given.
+SECRET_FIELDS = frozenset(
+    name
+    for name, field in Settings.model_fields.items()
+    if SecretStr in (field.annotation, *get_args(field.annotation))
+)
 
 
 def _variable(loc: tuple[Any, ...]) -> str:
@@ -258,7 +278,9 @@ def load_settings(**overrides: Any) -> Settings:
         problems = []
         for err in exc.errors():
             message = str(err["msg"]).removeprefix("Value error, ")
-            if err["loc"]:
+            if err["loc"] and err["loc"][0] in SECRET_FIELDS:
+                problems.append(f"{_variable(err['loc'])}: {message}")
+            elif err["loc"]:
                 problems.append(f"{_variable(err['loc'])}: {message} (got {err.get('input')!r})")
             else:
                 problems.append(message)

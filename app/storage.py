@@ -27,7 +27,7 @@ from urllib.parse import quote, urlencode
 
 from app.errors import ObjectNotFound, StorageError, StorageKeyError
 from app.log import get_logger
-from app.settings import Settings
+from app.settings import Settings, reveal
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 MAX_KEY_LENGTH = 1024
@@ -295,8 +295,8 @@ def storage_from_settings(settings: Settings) -> Storage:
             bucket=settings.s3_bucket,
             endpoint_url=settings.s3_endpoint_url,
             region=settings.s3_region,
-            access_key_id=settings.s3_access_key_id,
-            secret_access_key=settings.s3_secret_access_key,
+            access_key_id=reveal(settings.s3_access_key_id),
+            secret_access_key=reveal(settings.s3_secret_access_key),
         )
     base_url = settings.public_url or f"http://{settings.api_host}:{settings.api_port}"
     return LocalStorage(

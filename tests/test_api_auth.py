@@ -149,7 +149,7 @@ def test_dev_token_maps_to_the_dev_user_and_is_kept(db_url: str, tmp_path: Path)
         dev = app.state.dev_token
         assert dev and dev_token_path(settings).read_text() == dev
         headers = {"Authorization": f"Bearer {dev}"}
-        with connect(settings.database_url) as conn:
+        with connect(settings.require_database_url()) as conn:
             job, _ = Queue().enqueue(
                 conn, user_id=DEV_USER_ID, input_key=f"inputs/{DEV_USER_ID}/x/a.wav"
             )

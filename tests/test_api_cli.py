@@ -3,6 +3,7 @@ prints the local token to use."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -89,6 +90,31 @@ def test_stemfleet_api_prints_the_dev_token_and_serves(
     assert httpx.get(f"{base}/v1/jobs").status_code == 401
     assert httpx.get(f"{base}/docs").status_code == 200
     assert "/v1/jobs" in httpx.get(f"{base}/openapi.json").json()["paths"]
+
+
+def test_uvicorns_own_lines_come_out_as_json_lines(
+    db_url: str, tmp_path: Path, processes: list[subprocess.Popen[str]]
+) -> None:
+    port = free_port()
+    env = {**_env(db_url, tmp_path, port), "STEMFLEET_LOG_LEVEL": "INFO", "STEMFLEET_LOG_JSON": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "api"],
+        env=env,
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
+    processes.append(proc)
+    assert proc.stderr is not None
+    logged = []
+    for line in proc.stderr:  # ends if the server exits
+        if line.startswith("{"):
+            logged.append(json.loads(line))
+        if "Uvicorn running on" in line:
+            break
+    running = [entry for entry in logged if "Uvicorn running on" in str(entry["event"])]
+    assert running, f"uvicorn's startup line is not a JSON line with an event: {logged}"
+    assert running[0]["logger"] == "uvicorn.error" and running[0]["level"] == "info"
 
 
 def test_uvicorn_serves_the_module_level_app(

@@ -132,7 +132,7 @@ def test_supabase_client_insert_is_visible_through_the_api_and_processed(
     seconds = 1.5
     key = input_key(USER_A, "phone.flac")
     storage_from_settings(settings).put_bytes(key, audio_bytes("FLAC", seconds, 44100))
-    with connect(settings.database_url) as conn, as_user(conn, str(USER_A)):
+    with connect(settings.require_database_url()) as conn, as_user(conn, str(USER_A)):
         # what supabase.table("jobs").insert({...}) sends through PostgREST
         row = conn.execute(
             "insert into public.jobs (input_key, kind, params) values (%s, 'separate', %s)"

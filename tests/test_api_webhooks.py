@@ -134,7 +134,7 @@ def test_receiver_down_at_first_gets_the_signed_event_later(
         job_id = response.json()["id"]
         assert dispatcher.run_once() == 0  # nothing final yet
 
-        _finish_job(settings.database_url, queue, job_id)
+        _finish_job(settings.require_database_url(), queue, job_id)
         # attempt 1: nobody listens
         assert dispatcher.run_once() == 1
         assert receiver.requests == []
@@ -160,7 +160,7 @@ def test_receiver_down_at_first_gets_the_signed_event_later(
         assert set(event["data"]["stems"]) == {"vocals"}
         assert event["data"]["stems"]["vocals"]["url"]
 
-        with connect(settings.database_url) as conn:
+        with connect(settings.require_database_url()) as conn:
             (delivery,) = queue.webhook_deliveries_for_job(conn, job_id)
             attempts = queue.webhook_attempts(conn, delivery.id)
         assert delivery.status == "delivered"
@@ -186,7 +186,7 @@ def test_retries_back_off_for_at_least_an_hour_then_give_up(
             headers=A,
         ).json()
         client.post(f"/v1/jobs/{job['id']}/cancel", headers=A)
-        with connect(settings.database_url) as conn:
+        with connect(settings.require_database_url()) as conn:
             for _ in range(30):
                 app.state.dispatcher.run_once()
                 (delivery,) = queue.webhook_deliveries_for_job(conn, job["id"])
@@ -252,7 +252,7 @@ def test_a_host_that_rebinds_to_loopback_is_refused_at_send_time(
         assert job.status_code == 202, job.text
         client.post(f"/v1/jobs/{job.json()['id']}/cancel", headers=A)
         assert app.state.dispatcher.run_once() == 1
-        with connect(settings.database_url) as conn:
+        with connect(settings.require_database_url()) as conn:
             (delivery,) = Queue().webhook_deliveries_for_job(conn, job.json()["id"])
     assert delivery.status == "failed"
     assert "refused at send time" in (delivery.last_error or "")

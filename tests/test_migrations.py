@@ -4,30 +4,12 @@ the schema Postgres actually holds."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from app.db import connect
 from app.migrate import list_migrations, migrate, pending
-from app.pgserver import find_bin_dir
-
-
-def dump_schema(url: str) -> str:
-    pg_dump = shutil.which("pg_dump") or str(find_bin_dir() / "pg_dump")
-    result = subprocess.run(
-        [pg_dump, "--schema-only", "--no-owner", "--no-privileges", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    # pg_dump's \restrict / \unrestrict lines carry a random key per run
-    return "\n".join(
-        line
-        for line in result.stdout.splitlines()
-        if not line.startswith(("\\restrict", "\\unrestrict"))
-    )
+from scripts.dump_schema import pg_dump as dump_schema
 
 
 def test_migrate_applies_everything_then_nothing(fresh_database: Any) -> None:

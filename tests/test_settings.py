@@ -51,3 +51,46 @@ def test_values_are_parsed(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_missing_database_url_says_what_to_do() -> None:
     with pytest.raises(ConfigError, match=r"STEMFLEET_DATABASE_URL.*stemfleet up"):
         load_settings(database_url="").require_database_url()
+
+
+# Every secret setting, each with a value no message or repr may show.
+SECRETS = {
+    "STEMFLEET_DATABASE_URL": "postgresql://stem:pw-database-7f3a@db.example:5432/postgres",
+    "STEMFLEET_S3_ACCESS_KEY_ID": "s3-key-id-7f3a",
+    "STEMFLEET_S3_SECRET_ACCESS_KEY": "s3-secret-7f3a",
+    "STEMFLEET_FLY_API_TOKEN": "fly-token-7f3a",
+    "STEMFLEET_JWT_SECRET": "jwt-secret-7f3a",
+    "STEMFLEET_SERVICE_TOKEN": "service-token-7f3a",
+    "STEMFLEET_DEV_TOKEN": "dev-token-7f3a",
+    "STEMFLEET_WEBHOOK_SECRET": "whsec_d2ViaG9vay1zZWNyZXQtN2YzYQ==",
+    "STEMFLEET_API_TOKEN": "api-token-7f3a",
+}
+
+
+def test_no_repr_or_dump_of_the_settings_shows_a_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for variable, value in SECRETS.items():
+        monkeypatch.setenv(variable, value)
+    settings = load_settings()
+    shown = [repr(settings), str(settings), settings.model_dump_json(), str(settings.model_dump())]
+    for text in shown:
+        leaked = [v for v in SECRETS.values() if v in text or "7f3a" in text]
+        assert not leaked, f"{leaked} in {text[:200]}…"
+    # each is still there for the code that uses it
+    assert settings.require_database_url() == SECRETS["STEMFLEET_DATABASE_URL"]
+    assert settings.webhook_secret is not None
+    assert settings.webhook_secret.get_secret_value() == SECRETS["STEMFLEET_WEBHOOK_SECRET"]
+
+
+def test_a_malformed_database_url_is_named_without_its_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEMFLEET_DATABASE_URL", "mysql://stem:pw-database-7f3a@db.example/x")
+    with pytest.raises(ConfigError, match="STEMFLEET_DATABASE_URL") as raised:
+        load_settings()
+    assert "7f3a" not in str(raised.value)
+
+
+def test_a_secret_of_the_wrong_type_is_named_without_its_value() -> None:
+    with pytest.raises(ConfigError, match="STEMFLEET_JWT_SECRET") as raised:
+        load_settings(jwt_secret=["jwt-secret-7f3a"])
+    assert "7f3a" not in str(raised.value)

@@ -15,7 +15,7 @@ import jwt
 from jwt import PyJWKClient
 
 from app.errors import StemfleetError
-from app.settings import Settings
+from app.settings import Settings, reveal
 
 # The one user of the embedded default (dev auth): a fixed id so jobs survive restarts.
 DEV_USER_ID = UUID("00000000-0000-4000-8000-000000000001")
@@ -68,15 +68,15 @@ def ensure_dev_token(settings: Settings) -> str:
     """STEMFLEET_DEV_TOKEN, or a generated token kept in <data_dir>/dev-token so local tools
     (and restarts) find the same one."""
     if settings.dev_token:
-        return settings.dev_token
+        return settings.dev_token.get_secret_value()
     return secret_file(dev_token_path(settings), lambda: "sfdev_" + secrets.token_urlsafe(24))
 
 
 class Authenticator:
     def __init__(self, settings: Settings, *, dev_token: str | None = None) -> None:
         self.audience = settings.jwt_audience
-        self.jwt_secret = settings.jwt_secret
-        self.service_token = settings.service_token
+        self.jwt_secret = reveal(settings.jwt_secret)
+        self.service_token = reveal(settings.service_token)
         self.dev_token = dev_token if settings.dev_auth else None
         self.jwks = PyJWKClient(settings.jwks_url, lifespan=300) if settings.jwks_url else None
 

@@ -39,6 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level.lower(),
+        log_config=None,  # its records go to our handler (app.log): JSON lines like ours
         proxy_headers=True,
     )
     return 0

@@ -64,11 +64,8 @@ async def write_stream(stream: AsyncIterator[bytes], dest: Path, max_bytes: int)
 
 
 def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def inspect_audio(path: Path, size: int, sha256: str, max_duration: float) -> Input:

@@ -109,7 +109,7 @@ def admin_scaler_run(ctx: Ctx) -> ScalerRun:
     # The API's own settings win over its environment (they may have been given in code).
     env = {
         **os.environ,
-        "STEMFLEET_DATABASE_URL": ctx.settings.database_url,
+        "STEMFLEET_DATABASE_URL": ctx.settings.database_url.get_secret_value(),
         "STEMFLEET_DATA_DIR": str(ctx.settings.data_dir),
     }
     started = time.monotonic()

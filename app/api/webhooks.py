@@ -75,8 +75,9 @@ def ensure_webhook_secret(settings: Settings) -> str | None:
     """STEMFLEET_WEBHOOK_SECRET (validated); in dev mode a generated one kept in
     <data_dir>/webhook-secret; otherwise None (no webhooks)."""
     if settings.webhook_secret:
-        secret_key(settings.webhook_secret)
-        return settings.webhook_secret
+        secret = settings.webhook_secret.get_secret_value()
+        secret_key(secret)
+        return secret
     if not settings.dev_auth:
         return None
     secret = secret_file(webhook_secret_path(settings), generate_secret)

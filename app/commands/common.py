@@ -25,7 +25,7 @@ from app.embedded import EmbeddedSystem, read_state
 from app.errors import ConfigError
 from app.log import configure
 from app.params import JobParams
-from app.settings import Settings, get_settings
+from app.settings import Settings, get_settings, reveal
 
 
 def add_api_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,7 +107,7 @@ def open_target(
     is configured or running; otherwise that is an error naming the fix."""
     url = getattr(args, "api", None) or settings.api_url
     if url:
-        token = getattr(args, "token", None) or settings.api_token
+        token = getattr(args, "token", None) or reveal(settings.api_token)
         with ApiClient(url, token) as client:
             yield Target(client, url, None)
         return

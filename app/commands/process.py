@@ -49,7 +49,7 @@ from app.errors import ConfigError
 from app.params import JobParams
 from app.profiles import Profile, file_sha256, find_config, load_profiles
 from app.queue import Queue
-from app.settings import Settings
+from app.settings import Settings, reveal
 
 
 def register(sub: Any) -> None:
@@ -163,7 +163,9 @@ def _session(
                 f"profile {profile.name!r} is remote: give the API's address as api_url in the "
                 "config (or the profile), --api, or STEMFLEET_API_URL"
             )
-        session = Session(where=url, client=ApiClient(url, args.token or settings.api_token))
+        session = Session(
+            where=url, client=ApiClient(url, args.token or reveal(settings.api_token))
+        )
         try:
             yield session
         finally:

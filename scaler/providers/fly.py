@@ -23,7 +23,7 @@ import httpx
 from app.clock import Clock, SystemClock
 from app.errors import ConfigError
 from app.log import get_logger
-from app.settings import Settings
+from app.settings import Settings, reveal
 from scaler.model import Machine, MachineState
 from scaler.policy import hourly_price
 from scaler.providers.base import Price, ProviderError, read_template
@@ -122,7 +122,8 @@ class FlyProvider:
         rate: float = 1.0,
         burst: int = 3,
     ) -> None:
-        if not settings.fly_api_token:
+        token = reveal(settings.fly_api_token)
+        if not token:
             raise ConfigError(
                 "STEMFLEET_FLY_API_TOKEN is not set: create a token with `fly tokens create "
                 "deploy` and set it, or use STEMFLEET_PROVIDER=local"
@@ -138,7 +139,7 @@ class FlyProvider:
         self.api = ApiClient(
             "Fly",
             f"{self._base}/apps/{self.app}",
-            {"Authorization": f"Bearer {settings.fly_api_token}", "Accept": "application/json"},
+            {"Authorization": f"Bearer {token}", "Accept": "application/json"},
             max_retries=settings.fly_max_retries,
             client=client,
             clock=self._clock,

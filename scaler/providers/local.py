@@ -120,7 +120,7 @@ class LocalProvider:
             "STEMFLEET_WORKER_PROVIDER": "local",
         }
         if self.settings.database_url:
-            env["STEMFLEET_DATABASE_URL"] = self.settings.database_url
+            env["STEMFLEET_DATABASE_URL"] = self.settings.database_url.get_secret_value()
         log_path = self.root / f"{record['id']}.log"
         try:
             with log_path.open("ab") as log_file:
