@@ -524,7 +524,13 @@ begin
                               then null else v_now end,
            worker_id = case when p_retryable and attempts < max_attempts
                             then null else worker_id end,
-           error = p_error,
+           error = case
+                       when not p_retryable then p_error
+                       when attempts < max_attempts then format(
+                           '%s (attempt %s of %s; it will be tried again)',
+                           p_error, attempts, max_attempts)
+                       else format('%s (gave up after %s attempts)', p_error, attempts)
+                   end,
            error_kind = p_error_kind,
            timings = timings || coalesce(p_timings, '{}'::jsonb),
            lease_expires_at = null,
