@@ -4,8 +4,10 @@ started again rather than a new one created, and stop is a SIGTERM the worker ob
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,9 +167,12 @@ def test_local_machines_survive_the_scaler_process_and_bad_commands_are_named(
         broken.start("local-missing")
 
 
-def _registered(conn: Connection, machine_id: str, timeout: float = 120.0) -> Worker:
-    """The worker row of `machine_id` once its process has registered (polled: the worker
-    publishes no event for it)."""
+def _registered(
+    conn: Connection, machine_id: str, child: subprocess.Popen[bytes], timeout: float = 120.0
+) -> Worker:
+    """The worker row of `machine_id` once its process has registered. The worker publishes no
+    event for it, so the row is read again each time a short wait on the process's exit ends:
+    a worker that exits before registering fails the test at once."""
     deadline = time.monotonic() + timeout
     while True:
         row = conn.execute(
@@ -177,7 +182,9 @@ def _registered(conn: Connection, machine_id: str, timeout: float = 120.0) -> Wo
         if row is not None:
             return Worker.from_row(row)
         assert time.monotonic() < deadline, f"no worker registered for {machine_id}"
-        time.sleep(0.05)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            code = child.wait(timeout=0.05)
+            raise AssertionError(f"the worker of {machine_id} exited ({code}) before registering")
 
 
 def test_a_drained_worker_exits_0_even_when_sigtermed_while_it_shuts_down(
@@ -187,12 +194,13 @@ def test_a_drained_worker_exits_0_even_when_sigtermed_while_it_shuts_down(
     # own; a SIGTERM landing after its signal relay was removed killed it (-15). Here SIGTERMs
     # arrive throughout its shutdown, from the drain until the process is gone.
     machine = local.create("stemfleet-worker-drained", 1.0)
-    worker = _registered(conn, machine.id)
     child = local._children[machine.id]
+    worker = _registered(conn, machine.id, child)
     Queue().drain_worker(conn, worker.id, True)
     while child.poll() is None:
         os.kill(child.pid, signal.SIGTERM)
-        time.sleep(0.002)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=0.002)  # the next SIGTERM as soon as this one is not the end
     assert child.returncode == 0, Path(str(child.args)).name
 
 
