@@ -12,14 +12,14 @@ import psycopg
 import pytest
 
 from app.db import Connection, as_user, connect
-from app.migrate import list_migrations
+from app.migrate import list_migrations, migrate
 from app.queue import Queue
 from tests.deploy_support import CRON_NET_VAULT_STANDIN, STORAGE_STANDIN, migrated_with
 
 ALICE = uuid.UUID("00000000-0000-4000-8000-0000000000a1")
 BOB = uuid.UUID("00000000-0000-4000-8000-0000000000b0")
 BUCKET = "stemfleet"
-DEPLOY_MIGRATIONS = {"20261122000800", "20261122000810"}
+DEPLOY_MIGRATIONS = {"20261122000800", "20261122000810", "20261130000100"}
 
 
 def put_object(conn: Connection, user: uuid.UUID | None, name: str) -> None:
@@ -245,3 +245,51 @@ def test_a_user_job_must_name_one_of_their_own_uploads(conn: Connection) -> None
     # the service (API, admins) may enqueue any key
     job, _ = Queue().enqueue(conn, user_id=ALICE, input_key=f"inputs/{BOB}/shared.mp3")
     assert job.status == "queued"
+
+
+# --- Supabase Realtime: live status for Supabase-client users -------------------------------------
+
+REALTIME_STANDIN = "create publication supabase_realtime"  # Supabase creates it, empty
+
+
+def published_tables(conn: Connection) -> set[str]:
+    rows = conn.execute(
+        "select schemaname || '.' || tablename as t from pg_publication_tables "
+        "where pubname = 'supabase_realtime'"
+    ).fetchall()
+    return {r["t"] for r in rows}
+
+
+def test_the_jobs_table_is_published_to_realtime_where_supabase_has_it(
+    fresh_database: Any, conn: Connection
+) -> None:
+    # a bare Postgres: no publication is made up
+    assert conn.execute(
+        "select count(*) as n from pg_publication where pubname = 'supabase_realtime'"
+    ).fetchone() == {"n": 0}
+
+    url = migrated_with(fresh_database, REALTIME_STANDIN)
+    with connect(url) as supa:
+        assert published_tables(supa) == {"public.jobs"}
+        migrate(url)  # a second run changes nothing and does not fail
+        assert published_tables(supa) == {"public.jobs"}
+
+
+def test_a_realtime_subscriber_sees_changes_of_their_own_jobs_only(fresh_database: Any) -> None:
+    # Realtime delivers a change to a subscriber only if the subscriber may select the new row
+    # (RLS, evaluated as `authenticated` with the subscriber's JWT claims): the same check here.
+    url = migrated_with(fresh_database, REALTIME_STANDIN)
+    queue = Queue()
+    with connect(url) as supa:
+        alice_job, _ = queue.enqueue(supa, user_id=ALICE, input_key=f"inputs/{ALICE}/a.wav")
+        bob_job, _ = queue.enqueue(supa, user_id=BOB, input_key=f"inputs/{BOB}/b.wav")
+        supa.execute(
+            "update public.jobs set priority = 7 where id in (%s, %s)", (alice_job.id, bob_job.id)
+        )
+        for user, own, other in ((ALICE, alice_job, bob_job), (BOB, bob_job, alice_job)):
+            with as_user(supa, str(user)):
+                rows = supa.execute(
+                    "select id, priority from public.jobs where id in (%s, %s)",
+                    (own.id, other.id),
+                ).fetchall()
+            assert rows == [{"id": own.id, "priority": 7}]
