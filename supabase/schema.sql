@@ -456,6 +456,46 @@ end;
 $$;
 
 --
+-- Name: end_attempts(uuid[], text, text, boolean, double precision, timestamp with time zone, jsonb); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.end_attempts(p_job_ids uuid[], p_error text, p_error_kind text, p_retryable boolean, p_backoff_base_seconds double precision, p_now timestamp with time zone, p_timings jsonb DEFAULT '{}'::jsonb) RETURNS TABLE(job_id uuid, status public.job_status, worker_id uuid, attempts integer)
+    LANGUAGE sql
+    AS $$
+    -- the caller has locked these rows; only running ones are ended
+    with old as (
+        select j.id, j.worker_id
+          from public.jobs j
+         where j.id = any(p_job_ids) and j.status = 'running'
+    ), ended as (
+        update public.jobs j
+           set status = case when p_retryable and j.attempts < j.max_attempts
+                             then 'queued'::public.job_status else 'failed'::public.job_status end,
+               run_after = case when p_retryable and j.attempts < j.max_attempts
+                                then p_now + queue.backoff(j.attempts, p_backoff_base_seconds)
+                                else j.run_after end,
+               finished_at = case when p_retryable and j.attempts < j.max_attempts
+                                  then null else p_now end,
+               worker_id = case when p_retryable and j.attempts < j.max_attempts
+                                then null else j.worker_id end,
+               error = case
+                           when not p_retryable then p_error
+                           when j.attempts < j.max_attempts then format(
+                               '%s (attempt %s of %s; it will be tried again)',
+                               p_error, j.attempts, j.max_attempts)
+                           else format('%s (gave up after %s attempts)', p_error, j.attempts)
+                       end,
+               error_kind = p_error_kind,
+               timings = j.timings || coalesce(p_timings, '{}'::jsonb),
+               lease_expires_at = null,
+               updated_at = p_now
+          from old
+         where j.id = old.id
+        returning j.id, j.status, old.worker_id, j.attempts
+    )
+    select e.id, e.status, e.worker_id, e.attempts from ended e order by e.id;
+$$;
+
+--
 -- Name: enqueue(uuid, text, public.job_kind, jsonb, integer, text, double precision, text, text, integer, timestamp with time zone); Type: FUNCTION; Schema: queue
 --
 CREATE FUNCTION queue.enqueue(p_user_id uuid, p_input_key text, p_kind public.job_kind DEFAULT 'separate'::public.job_kind, p_params jsonb DEFAULT '{}'::jsonb, p_priority integer DEFAULT NULL::integer, p_input_sha256 text DEFAULT NULL::text, p_duration_s double precision DEFAULT NULL::double precision, p_callback_url text DEFAULT NULL::text, p_idempotency_key text DEFAULT NULL::text, p_max_attempts integer DEFAULT 3, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS queue.enqueue_result
@@ -514,33 +554,16 @@ declare
     v_now timestamptz := coalesce(p_now, now());
     v_job public.jobs;
 begin
-    update public.jobs
-       set status = case when p_retryable and attempts < max_attempts
-                         then 'queued'::public.job_status else 'failed'::public.job_status end,
-           run_after = case when p_retryable and attempts < max_attempts
-                            then v_now + queue.backoff(attempts, p_backoff_base_seconds)
-                            else run_after end,
-           finished_at = case when p_retryable and attempts < max_attempts
-                              then null else v_now end,
-           worker_id = case when p_retryable and attempts < max_attempts
-                            then null else worker_id end,
-           error = case
-                       when not p_retryable then p_error
-                       when attempts < max_attempts then format(
-                           '%s (attempt %s of %s; it will be tried again)',
-                           p_error, attempts, max_attempts)
-                       else format('%s (gave up after %s attempts)', p_error, attempts)
-                   end,
-           error_kind = p_error_kind,
-           timings = timings || coalesce(p_timings, '{}'::jsonb),
-           lease_expires_at = null,
-           updated_at = v_now
+    perform 1 from public.jobs
      where id = p_job_id and status = 'running' and worker_id = p_worker_id
        and attempts = p_attempt
-    returning * into v_job;
+       for update;
     if not found then
         perform queue.lease_lost(p_job_id, p_worker_id, p_attempt);
     end if;
+    perform queue.end_attempts(array[p_job_id], p_error, p_error_kind, p_retryable,
+                               p_backoff_base_seconds, v_now, p_timings);
+    select * into v_job from public.jobs where id = p_job_id;
     perform queue.worker_after_job(p_worker_id, v_now);
     return v_job;
 end;
@@ -732,39 +755,27 @@ CREATE FUNCTION queue.reap(p_backoff_base_seconds double precision DEFAULT 10, p
     AS $$
 declare
     v_now timestamptz := coalesce(p_now, now());
+    v_expired uuid[];
 begin
+    select coalesce(array_agg(e.id), '{}') into v_expired
+      from (select j.id
+              from public.jobs j
+             where j.status = 'running' and j.lease_expires_at < v_now
+             order by j.lease_expires_at
+               for update skip locked) e;
     return query
-    with expired as (
-        select j.id, j.worker_id as old_worker
-          from public.jobs j
-         where j.status = 'running' and j.lease_expires_at < v_now
-         order by j.lease_expires_at
-           for update skip locked
-    ), updated as (
-        update public.jobs j
-           set status = case when j.attempts < j.max_attempts
-                             then 'queued'::public.job_status else 'failed'::public.job_status end,
-               run_after = case when j.attempts < j.max_attempts
-                                then v_now + queue.backoff(j.attempts, p_backoff_base_seconds)
-                                else j.run_after end,
-               finished_at = case when j.attempts < j.max_attempts then null else v_now end,
-               worker_id = case when j.attempts < j.max_attempts then null else j.worker_id end,
-               error = format('worker %s stopped heartbeating (lease expired, attempt %s of %s)',
-                              j.worker_id, j.attempts, j.max_attempts),
-               error_kind = 'lease_expired',
-               lease_expires_at = null,
-               updated_at = v_now
-          from expired
-         where j.id = expired.id
-        returning j.id, j.status, expired.old_worker, j.attempts
+    with ended as (
+        select * from queue.end_attempts(
+            v_expired, 'the worker stopped answering (its lease expired)', 'lease_expired', true,
+            p_backoff_base_seconds, v_now)
     ), lost_workers as (
         update public.workers w
            set state = 'lost', current_job_id = null
-          from updated u
-         where w.id = u.old_worker and w.current_job_id = u.id
+          from ended e
+         where w.id = e.worker_id and w.current_job_id = e.job_id
         returning w.id
     )
-    select u.id, u.status, u.old_worker, u.attempts from updated u;
+    select e.job_id, e.status, e.worker_id, e.attempts from ended e;
 end;
 $$;
 
@@ -907,8 +918,8 @@ CREATE FUNCTION queue.release_dead_workers(p_machines jsonb, p_backoff_base_seco
     AS $$
 declare
     v_now timestamptz := coalesce(p_now, now());
+    v_held uuid[];
 begin
-    return query
     with machines as (
         select m.id, coalesce(m.before, v_now) as before, m.silent_since
           from jsonb_to_recordset(coalesce(p_machines, '[]'::jsonb))
@@ -923,31 +934,18 @@ begin
            and (m.silent_since is null or w.last_heartbeat_at <= m.silent_since)
         returning w.id
     ), held as (
-        select j.id, j.worker_id as old_worker
+        select j.id
           from public.jobs j
           join dead d on d.id = j.worker_id
          where j.status = 'running'
          order by j.id
            for update of j skip locked
-    ), updated as (
-        update public.jobs j
-           set status = case when j.attempts < j.max_attempts
-                             then 'queued'::public.job_status else 'failed'::public.job_status end,
-               run_after = case when j.attempts < j.max_attempts
-                                then v_now + queue.backoff(j.attempts, p_backoff_base_seconds)
-                                else j.run_after end,
-               finished_at = case when j.attempts < j.max_attempts then null else v_now end,
-               worker_id = case when j.attempts < j.max_attempts then null else j.worker_id end,
-               error = format('the machine running this job went down (attempt %s of %s)',
-                              j.attempts, j.max_attempts),
-               error_kind = 'worker_died',
-               lease_expires_at = null,
-               updated_at = v_now
-          from held
-         where j.id = held.id
-        returning j.id, j.status, held.old_worker, j.attempts
     )
-    select u.id, u.status, u.old_worker, u.attempts from updated u order by u.id;
+    select coalesce(array_agg(held.id), '{}') into v_held from held;
+    return query
+    select * from queue.end_attempts(
+        v_held, 'the machine running this job went down', 'worker_died', true,
+        p_backoff_base_seconds, v_now);
 end;
 $$;
 
@@ -2002,6 +2000,11 @@ GRANT ALL ON TABLE public.workers TO service_role;
 --
 REVOKE ALL ON FUNCTION queue.drain_worker(p_worker_id uuid, p_draining boolean) FROM PUBLIC;
 GRANT ALL ON FUNCTION queue.drain_worker(p_worker_id uuid, p_draining boolean) TO service_role;
+
+--
+-- Name: FUNCTION end_attempts(p_job_ids uuid[], p_error text, p_error_kind text, p_retryable boolean, p_backoff_base_seconds double precision, p_now timestamp with time zone, p_timings jsonb); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.end_attempts(p_job_ids uuid[], p_error text, p_error_kind text, p_retryable boolean, p_backoff_base_seconds double precision, p_now timestamp with time zone, p_timings jsonb) FROM PUBLIC;
 
 --
 -- Name: FUNCTION enqueue(p_user_id uuid, p_input_key text, p_kind public.job_kind, p_params jsonb, p_priority integer, p_input_sha256 text, p_duration_s double precision, p_callback_url text, p_idempotency_key text, p_max_attempts integer, p_now timestamp with time zone); Type: ACL; Schema: queue

@@ -369,3 +369,33 @@ def test_progress_moves_forward_within_an_attempt_and_restarts_with_the_next(
     (reaped,) = queue.reap(conn, backoff_base=0)
     assert reaped.status == "queued"
     assert queue.get(conn, job.id).progress == 0
+
+
+def test_every_way_an_attempt_ends_says_what_happens_next_alike(
+    queue: Queue, conn: Connection, clock: FakeClock
+) -> None:
+    # queue.fail, the reaper (lease expired) and a dead worker's release end a running attempt
+    # by one rule: back to queued with "it will be tried again", or failed with "gave up after
+    # n attempts" on the last one; never a worker's id in what the user reads.
+    job = enqueue(queue, conn, max_attempts=2)
+    w1 = worker(queue, conn, "m1")
+    queue.claim(conn, w1, lease=30)
+    clock.advance(31)
+    (reaped,) = queue.reap(conn, backoff_base=0)
+    assert (reaped.job_id, reaped.status, reaped.worker_id) == (job.id, "queued", w1)
+    first = queue.get(conn, job.id)
+    assert first.status == "queued" and str(w1) not in (first.error or "")
+    assert first.error == (
+        "the worker stopped answering (its lease expired) (attempt 1 of 2; it will be tried again)"
+    )
+
+    w2 = worker(queue, conn, "m2")
+    (claimed,) = queue.claim(conn, w2, lease=30)
+    assert claimed.attempts == 2
+    seen = clock.now()
+    clock.advance(1)
+    (released,) = queue.release_dead_workers(conn, {"m2": seen})
+    assert (released.job_id, released.status, released.worker_id) == (job.id, "failed", w2)
+    last = queue.get(conn, job.id)
+    assert (last.status, last.attempts, last.error_kind) == ("failed", 2, "worker_died")
+    assert last.error == "the machine running this job went down (gave up after 2 attempts)"
