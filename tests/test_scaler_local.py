@@ -167,6 +167,26 @@ def test_local_machines_survive_the_scaler_process_and_bad_commands_are_named(
         broken.start("local-missing")
 
 
+def test_a_local_machine_is_recognised_whatever_its_command_does_to_its_environment(
+    tmp_path: Path,
+) -> None:
+    # A worker command may be a wrapper that replaces its environment or execs again (here: env
+    # -i); a new provider object must still know the process as the machine's. Recognising it by
+    # its environment read a wrapper mid-exec as dead (14 of 300 reads of `sh -c "exec sleep"`).
+    the_settings = settings(provider="local", data_dir=tmp_path)
+    wrapper = ["/bin/sh", "-c", "exec /usr/bin/env -i /bin/sleep 60"]
+    first = LocalProvider(the_settings, command=wrapper, env={"PATH": "/usr/bin:/bin"})
+    machine = first.create("stemfleet-worker-w", 0.0)
+    child = first._children[machine.id]
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=0.5)  # past the wrapper's exec: the marker is gone from its environ
+    assert child.poll() is None
+    later = LocalProvider(the_settings, command=["/bin/false"])
+    assert [(m.id, m.state) for m in later.list()] == [(machine.id, "started")]
+    later.stop(machine.id)
+    assert later.wait(machine.id, "stopped", timeout=30)
+
+
 def _registered(
     conn: Connection, machine_id: str, child: subprocess.Popen[bytes], timeout: float = 120.0
 ) -> Worker:

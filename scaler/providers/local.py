@@ -3,8 +3,10 @@ default). Start spawns the worker, stop sends it SIGTERM (it finishes or release
 
 State lives in files under <data_dir>/local-machines/<id>.json so that every `scaler once`
 (a new process each time, e.g. from cron) sees the machines earlier runs started. A process
-is recognised as the machine's by its environment (STEMFLEET_MACHINE_ID=<id>), so a recycled
-pid is never mistaken for a worker.
+is recognised as the machine's by its pid and its start time (psutil), so a recycled pid is
+never mistaken for a worker, and a worker command that execs again or replaces its environment
+(a wrapper script) is still known. State files written before the start time was recorded fall
+back to the environment (STEMFLEET_MACHINE_ID=<id>).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from app.clock import Clock, SystemClock
 from app.log import get_logger
-from app.processes import pid_alive
 from app.settings import Settings
 from scaler.model import Machine, MachineState
 from scaler.policy import hourly_price
@@ -101,17 +104,17 @@ class LocalProvider:
             done, _ = os.waitpid(pid, os.WNOHANG)  # reap our own exited children
             if done == pid:
                 return False
-        proc = Path(f"/proc/{pid}")
-        if proc.is_dir():
-            try:
-                stat = (proc / "stat").read_text()
-                if stat.rsplit(")", 1)[1].split()[0] == "Z":
-                    return False
-                marker = f"STEMFLEET_MACHINE_ID={record['id']}".encode()
-                return marker in (proc / "environ").read_bytes().split(b"\0")
-            except OSError:
+        try:
+            process = psutil.Process(pid)
+            if process.status() == psutil.STATUS_ZOMBIE:
                 return False
-        return pid_alive(pid)
+            started = record.get("process_started")
+            if started is not None:
+                return bool(process.create_time() == started)
+            marker = f"STEMFLEET_MACHINE_ID={record['id']}"
+            return marker in (f"{k}={v}" for k, v in process.environ().items())
+        except psutil.Error:
+            return False
 
     def _spawn(self, record: dict[str, Any]) -> None:
         env = {
@@ -140,6 +143,8 @@ class LocalProvider:
             ) from exc
         self._children[record["id"]] = child
         record["pid"] = child.pid
+        with contextlib.suppress(psutil.Error):  # gone already: seen stopped at the next look
+            record["process_started"] = psutil.Process(child.pid).create_time()
         record["log"] = str(log_path)
         record["booted_at"] = self.clock.now().isoformat()
         self._set_state(record, "started")
