@@ -1,6 +1,9 @@
-"""A throwaway Postgres cluster from the machine's own binaries (initdb / pg_ctl).
+"""A Postgres cluster from the machine's own binaries (initdb / pg_ctl): the one way this
+project brings a server up.
 
-Used by the test harness and by the embedded default (`stemfleet up`). Postgres refuses to run
+The embedded default (`stemfleet up`, app.embedded) keeps one in its data folder; the tests, the
+benchmarks, the chaos suite and scripts/dump_schema.py start a throwaway one with
+`throwaway_postgres` (or use a server named by an environment variable). Postgres refuses to run
 as root, so under root every server command runs as the `postgres` OS user through runuser.
 """
 
@@ -12,11 +15,20 @@ import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+
+from app.db import connect
 from app.errors import ConfigError, StemfleetError
+from app.processes import pid_alive
 
 SERVER_USER = "postgres"  # the OS user that runs the server when we are root
 SUPERUSER = "postgres"  # the database superuser the cluster is created with
@@ -102,6 +114,19 @@ class LocalPostgres:
 
     def url_for(self, dbname: str) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{dbname}"
+
+    @classmethod
+    def running_in(cls, data_dir: Path) -> LocalPostgres | None:
+        """The server already running on `data_dir` (a previous run's), on its own port."""
+        found = _postmaster(data_dir)
+        if found is None or not pid_alive(found[0]):
+            return None
+        return cls(data_dir=data_dir, port=found[1])
+
+    def postmaster_pid(self) -> int | None:
+        """The server's main process, from its postmaster.pid (None when it has none)."""
+        found = _postmaster(self.data_dir)
+        return found[0] if found else None
 
     @property
     def log_file(self) -> Path:
@@ -189,8 +214,6 @@ class LocalPostgres:
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:
-        import psycopg
-
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -212,3 +235,42 @@ class LocalPostgres:
     def stop(self) -> None:
         if self.initialized and self.running():
             self._run(["pg_ctl", "stop", "-D", str(self.data_dir), "-m", "fast", "-w"], check=False)
+
+
+def _postmaster(data_dir: Path) -> tuple[int, int] | None:
+    """The pid and port a server wrote to `data_dir`/postmaster.pid (lines 1 and 4)."""
+    try:
+        lines = (data_dir / "postmaster.pid").read_text().splitlines()
+        return int(lines[0]), int(lines[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@contextmanager
+def throwaway_postgres(prefix: str, *, fast_unsafe: bool) -> Iterator[LocalPostgres]:
+    """A new cluster in a temporary folder, started; stopped and deleted afterwards.
+    `fast_unsafe`: fsync off, for a server whose data may be lost (tests, schema dumps)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o755)  # the `postgres` OS user must reach it when we run as root
+    server = LocalPostgres(data_dir=base / "data", fast_unsafe=fast_unsafe)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextmanager
+def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new empty database on the server of `admin_url`, dropped afterwards; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with connect(admin_url) as conn:
+        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(admin_url, dbname=name)
+    finally:
+        with connect(admin_url) as conn:
+            conn.execute(
+                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
+            )

@@ -11,10 +11,8 @@ from __future__ import annotations
 import math
 import os
 import platform
-import shutil
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,10 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from psycopg import sql
 
 from app.db import connect
+from app.pgserver import scratch_database, throwaway_postgres
+
+__all__ = ["scratch_database"]  # the benchmarks' way to a database of their own
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO_ROOT / "bench" / "results"
@@ -39,10 +39,6 @@ class BenchPostgres:
     data_dir: Path | None = None  # the cluster's folder when we started it (for disk probes)
 
 
-def with_db(url: str, dbname: str) -> str:
-    return psycopg.conninfo.make_conninfo(url, dbname=dbname)
-
-
 @contextmanager
 def bench_postgres() -> Iterator[BenchPostgres]:
     """The server to benchmark against (see the module docstring)."""
@@ -50,36 +46,13 @@ def bench_postgres() -> Iterator[BenchPostgres]:
     if env_url:
         yield BenchPostgres(env_url, f"{BENCH_DATABASE_ENV} (an existing server)")
         return
-    from app.pgserver import LocalPostgres
-
-    base = Path(tempfile.mkdtemp(prefix="stemfleet-bench-pg-"))
-    os.chmod(base, 0o755)  # the `postgres` OS user must reach it when we run as root
-    server = LocalPostgres(data_dir=base / "data", fast_unsafe=False)
-    server.start()
-    try:
+    with throwaway_postgres("stemfleet-bench-pg-", fast_unsafe=False) as server:
         yield BenchPostgres(
             server.url,
-            f"throwaway cluster (app.pgserver.LocalPostgres, initdb defaults) in {base}",
+            "throwaway cluster (app.pgserver.LocalPostgres, initdb defaults) in "
+            f"{server.data_dir.parent}",
             server.data_dir,
         )
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@contextmanager
-def scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
-    """A new empty database on the server, dropped afterwards; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    with connect(admin_url) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    try:
-        yield with_db(admin_url, name)
-    finally:
-        with connect(admin_url) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
 
 
 def cpu_model() -> str:

@@ -13,19 +13,11 @@ migrated from scratch, object by object.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import subprocess
 import sys
-import tempfile
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-
-import psycopg
-from psycopg import sql
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: the project's packages are one folder up
@@ -33,7 +25,7 @@ if str(ROOT) not in sys.path:  # run as a script: the project's packages are one
 
 from app.db import connect  # noqa: E402
 from app.migrate import bootstrap_sql, migrate  # noqa: E402
-from app.pgserver import LocalPostgres, find_bin_dir  # noqa: E402
+from app.pgserver import find_bin_dir, scratch_database, throwaway_postgres  # noqa: E402
 
 SCHEMA_FILE = ROOT / "supabase/schema.sql"
 REGENERATE = "python scripts/dump_schema.py"
@@ -87,7 +79,10 @@ def render(objects: dict[str, str]) -> str:
 
 def migrated_objects(admin_url: str) -> dict[str, str]:
     """The objects of a database migrated from scratch, less those the bootstrap alone makes."""
-    with _database(admin_url) as bootstrapped, _database(admin_url) as migrated:
+    with (
+        scratch_database(admin_url, "schema") as bootstrapped,
+        scratch_database(admin_url, "schema") as migrated,
+    ):
         with connect(bootstrapped) as conn:
             conn.execute(bootstrap_sql())
         migrate(migrated)
@@ -99,35 +94,6 @@ def migrated_objects(admin_url: str) -> dict[str, str]:
         }
 
 
-@contextmanager
-def _database(admin_url: str) -> Iterator[str]:
-    name = f"schema_{uuid.uuid4().hex[:12]}"
-    with connect(admin_url) as conn:
-        conn.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-    info = psycopg.conninfo.conninfo_to_dict(admin_url)
-    info["dbname"] = name
-    try:
-        yield psycopg.conninfo.make_conninfo(**{k: v for k, v in info.items() if v is not None})
-    finally:
-        with connect(admin_url) as conn:
-            conn.execute(
-                sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-            )
-
-
-@contextmanager
-def _throwaway_server() -> Iterator[str]:
-    base = Path(tempfile.mkdtemp(prefix="stemfleet-schema-"))
-    os.chmod(base, 0o755)  # the `postgres` user runs the server when we are root
-    server = LocalPostgres(data_dir=base / "data", fast_unsafe=True)
-    server.start()
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--admin-url", help="a Postgres we may create databases on")
@@ -136,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.admin_url:
         objects = migrated_objects(args.admin_url)
     else:
-        with _throwaway_server() as url:
-            objects = migrated_objects(url)
+        with throwaway_postgres("stemfleet-schema-", fast_unsafe=True) as server:
+            objects = migrated_objects(server.url)
     args.output.write_text(render(objects))
     print(f"wrote {args.output} ({len(objects)} objects)")
     return 0

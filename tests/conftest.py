@@ -1,18 +1,15 @@
 """Shared fixtures: a real Postgres, a template database built once from the migrations, a fresh
 database per test, and a real S3 HTTP endpoint (moto's server) spoken to through boto3.
 
-Postgres comes from, in order: STEMFLEET_TEST_DATABASE_URL; testcontainers when a Docker engine
-answers; else a throwaway cluster from the machine's binaries (initdb / pg_ctl), stopped at the end.
+Postgres comes from STEMFLEET_TEST_DATABASE_URL, else a throwaway cluster from the machine's
+binaries (app.pgserver, the project's one bring-up), stopped and deleted at the end.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,16 +25,6 @@ from tests.s3_support import new_bucket_env
 TEMPLATE_DB = "stemfleet_template"
 
 
-def _docker_answers() -> bool:
-    try:
-        import docker
-
-        docker.from_env(timeout=2).ping()
-        return True
-    except Exception:
-        return False
-
-
 def _with_db(url: str, dbname: str) -> str:
     info = psycopg.conninfo.conninfo_to_dict(url)
     info["dbname"] = dbname
@@ -51,23 +38,10 @@ def pg_admin_url() -> Iterator[str]:
     if env_url:
         yield env_url
         return
-    if _docker_answers():
-        from testcontainers.postgres import PostgresContainer
+    from app.pgserver import throwaway_postgres
 
-        with PostgresContainer("postgres:15", driver=None) as container:
-            yield container.get_connection_url()
-        return
-    from app.pgserver import LocalPostgres
-
-    base = Path(tempfile.mkdtemp(prefix="stemfleet-pg-"))
-    os.chmod(base, 0o755)
-    server = LocalPostgres(data_dir=base / "data", fast_unsafe=True)
-    server.start()
-    try:
+    with throwaway_postgres("stemfleet-pg-", fast_unsafe=True) as server:
         yield server.url
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -8,19 +8,15 @@ server right after it.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from app.clock import FakeClock
 from app.db import connect
 from app.migrate import migrate
-from app.pgserver import LocalPostgres
+from app.pgserver import LocalPostgres, throwaway_postgres
 from app.queue import Queue
 
 USER = uuid.UUID("00000000-0000-4000-8000-00000000000c")
@@ -28,11 +24,8 @@ USER = uuid.UUID("00000000-0000-4000-8000-00000000000c")
 
 @pytest.fixture
 def crashable_url() -> Iterator[tuple[LocalPostgres, str]]:
-    base = Path(tempfile.mkdtemp(prefix="stemfleet-pgcrash-"))
-    os.chmod(base, 0o755)
-    server = LocalPostgres(data_dir=base / "data")  # fsync on: a crash loses what was not flushed
-    server.start()
-    try:
+    # fsync on: a crash loses what was not flushed
+    with throwaway_postgres("stemfleet-pgcrash-", fast_unsafe=False) as server:
         with connect(server.url) as conn:
             conn.execute("alter system set wal_writer_delay = '10s'")
             conn.execute("alter system set wal_writer_flush_after = '1GB'")
@@ -41,9 +34,6 @@ def crashable_url() -> Iterator[tuple[LocalPostgres, str]]:
         url = server.url_for("stemfleet")
         migrate(url)
         yield server, url
-    finally:
-        server.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_a_completed_job_stays_succeeded_through_an_immediate_restart(
