@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from app.db import connect
-from app.embedded import EmbeddedSystem, postmaster_pid
+from app.embedded import EmbeddedSystem
 from app.pgserver import LocalPostgres, free_port
 from app.processes import pid_alive
 from app.settings import load_settings
@@ -195,7 +195,7 @@ class ChaosSystem:
         """An immediate shutdown, made the way `pg_ctl stop -m immediate` makes one: SIGQUIT to
         the postmaster. Sent here directly because pg_ctl (through runuser) takes about 0.1 s
         to send it, and a completion whose WAL is not written yet is at risk for less."""
-        pid = postmaster_pid(server.data_dir)
+        pid = server.postmaster_pid()
         if pid is None:
             raise RuntimeError(f"no postmaster.pid in {server.data_dir}")
         os.kill(pid, signal.SIGQUIT)

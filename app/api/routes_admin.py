@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -15,6 +14,7 @@ from pydantic import BaseModel
 
 from app.api.deps import Ctx, errors, require_admin
 from app.api.errors import ApiError
+from app.processes import stemfleet_command
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"], dependencies=[Depends(require_admin)])
 
@@ -95,7 +95,7 @@ class ScalerRun(BaseModel):
 
 def scaler_command() -> list[str]:
     """`stemfleet scaler once` run by this interpreter (the scaler lives outside `app`)."""
-    return [sys.executable, "-m", "app.cli", "scaler", "once"]
+    return stemfleet_command("scaler", "once")
 
 
 @router.post(
