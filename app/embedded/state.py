@@ -38,7 +38,7 @@ def read_state(settings: Settings) -> EmbeddedState | None:
     return state if pid_alive(state.pid) else None
 
 
-def write_state(settings: Settings, state: EmbeddedState) -> None:
+def save_state(settings: Settings, state: EmbeddedState) -> None:
     """Replace the state file at once (never half written), readable by this user alone."""
     path = state_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ from typing import IO
 import httpx
 
 from app.embedded.postgres import EmbeddedError, EmbeddedPostgres, Say
-from app.embedded.state import EmbeddedState, remove_state, write_state
+from app.embedded.state import EmbeddedState, remove_state, save_state
 from app.embedded.supervision import Child, become_subreaper, spawn, sweep_orphans
 from app.pgserver import free_port, port_in_use
 from app.processes import stemfleet_command
@@ -123,7 +123,7 @@ class EmbeddedSystem:
             )
         self._wait_api_ready()
         if self.write_state:
-            write_state(
+            save_state(
                 self.settings,
                 EmbeddedState(
                     api_url=self.api_url,
