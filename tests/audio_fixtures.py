@@ -2,7 +2,8 @@
 
 - `tone(seconds, samplerate, channels)`: a deterministic float32 [C, T] mix (two tones + noise).
 - `write_clip(path, seconds, samplerate=44100, channels=2, fmt=None)`: a clip file; the format
-  comes from `fmt` or the suffix: wav, flac, mp3, ogg (vorbis), opus (ogg opus). Returns path.
+  comes from `fmt` or the suffix: wav, flac, mp3, ogg (vorbis), opus (ogg opus), aiff. Returns
+  path. `write_m4a` / `write_adts`: AAC in MP4 / in ADTS frames (PyAV).
 - `write_corrupt(path)`: a file that starts like a FLAC file and then holds garbage.
 - `write_not_audio(path)`: a PNG header and bytes: a file that is not audio at all.
 - `write_silent_wav(path)`: a valid wav header with zero frames.
@@ -36,6 +37,7 @@ _FORMATS = {
     "mp3": ("MP3", "MPEG_LAYER_III"),
     "ogg": ("OGG", "VORBIS"),
     "opus": ("OGG", "OPUS"),
+    "aiff": ("AIFF", "PCM_16"),
 }
 
 
@@ -82,10 +84,19 @@ def write_clip(
 def write_m4a(path: Path, seconds: float, samplerate: int = 44100) -> Path:
     """`seconds` of stereo `tone()` as AAC in an MP4 container (what phones and iTunes make),
     encoded with PyAV's bundled FFmpeg. AAC adds up to one frame (1024) of priming and padding."""
+    return _write_aac(path, seconds, samplerate, "mp4")
+
+
+def write_adts(path: Path, seconds: float, samplerate: int = 44100) -> Path:
+    """`seconds` of stereo `tone()` as raw AAC in ADTS frames (a `.aac` file), with PyAV."""
+    return _write_aac(path, seconds, samplerate, "adts")
+
+
+def _write_aac(path: Path, seconds: float, samplerate: int, container_format: str) -> Path:
     import av
 
     data = np.ascontiguousarray(tone(seconds, samplerate, 2), dtype=np.float32)
-    with av.open(str(path), "w", format="mp4") as container:
+    with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream("aac", rate=samplerate, layout="stereo")
         frame = av.AudioFrame.from_ndarray(data, format="fltp", layout="stereo")
         frame.sample_rate = samplerate
