@@ -22,7 +22,7 @@ import mutagen
 from mutagen.aac import AAC
 from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
-from mutagen.mp3 import MP3, MPEGFrame
+from mutagen.mp3 import MP3, BitrateMode, MPEGFrame
 from mutagen.mp4 import MP4, MP4NoTrackError
 from mutagen.oggflac import OggFLAC
 from mutagen.oggopus import OggOpus
@@ -94,12 +94,23 @@ class UndecodableAudio(StemfleetError):
     """The bytes look like an accepted format but its headers cannot be read."""
 
 
+class EmptyAudio(UndecodableAudio):
+    """Well-formed headers that say there is no audio (0 frames)."""
+
+
 @dataclass(frozen=True)
 class Probe:
     format: AudioFormat
-    duration_s: float  # from the headers; an estimate for VBR MP3 without a Xing header
+    duration_s: float  # from the headers
     samplerate: int
     channels: int
+    estimated: bool  # the headers hold no length: it is guessed from the bitrate and file size
+
+    @property
+    def decoders(self) -> tuple[Decoder, ...]:
+        """The decoders to try, in order. libsndfile (through mpg123) stops at an estimated
+        length (it cut a 7.25 s VBR MP3 without a Xing header at 4.2 s); PyAV reads to the end."""
+        return ("av",) if self.estimated else self.format.decoders
 
 
 def probe(path: Path) -> Probe:
@@ -126,7 +137,7 @@ def probe_file(handle: BinaryIO) -> Probe:
         raise UndecodableAudio(f"the {fmt.label} file has no audio track") from None
     except Exception as exc:  # mutagen reports broken headers with many exception types
         raise UndecodableAudio(
-            f"the {fmt.label} data cannot be decoded ({_reason(exc)}): the file is corrupt or "
+            f"the {fmt.label} data cannot be decoded ({error_reason(exc)}): the file is corrupt or "
             "truncated"
         ) from None
     seconds = float(getattr(info, "length", 0.0) or 0.0)
@@ -134,12 +145,13 @@ def probe_file(handle: BinaryIO) -> Probe:
     if channels <= 0:  # e.g. an MP4 whose tracks are all video: mutagen reads the movie's length
         raise UndecodableAudio(f"the {fmt.label} file has no audio track")
     if seconds <= 0:
-        raise UndecodableAudio(f"the {fmt.label} data holds no audio frames")
+        raise EmptyAudio(f"the {fmt.label} data holds no audio frames")
     return Probe(
         format=fmt,
         duration_s=seconds,
         samplerate=int(getattr(info, "sample_rate", 0) or 0),
         channels=channels,
+        estimated=reader is AAC or getattr(info, "bitrate_mode", None) == BitrateMode.UNKNOWN,
     )
 
 
@@ -187,9 +199,10 @@ def _id3_size(head: bytes) -> int | None:
     return 10 + size + (10 if head[5] & 0x10 else 0)
 
 
-def _reason(exc: Exception) -> str:
-    """An exception's text without file system paths (mutagen's messages rarely carry one)."""
-    text = str(exc).strip()
+def error_reason(exc: Exception) -> str:
+    """An exception's text for a user: without file system paths, which decoders like to add
+    (libsndfile's reason is kept apart from its "Error opening '<path>'" prefix)."""
+    text = str(getattr(exc, "error_string", None) or exc).strip()
     return type(exc).__name__ if not text or "/" in text or "\\" in text else text
 
 
