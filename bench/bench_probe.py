@@ -2,19 +2,23 @@
 
 Writes one file per format we accept (and broken ones) whose true length is known, gives each
 a name without an extension (so only the bytes count), and asks each candidate for the type and
-the duration. Also reports the install size of each candidate (its wheel and what it puts in
-site-packages). The old hand-written sniffer + parsers of the API (`app/api/sniff.py`,
-`app/api/probe.py`) are measured too when `--old-src DIR` names a checkout that still has them.
+the duration: mutagen's `File()` as it comes, PyAV (`av.open` on a file object), the probe we
+ship (`app.audio_probe`: mutagen plus the ADTS / MPEG-2.5 fallbacks) and, with `--old-ref REF`,
+the API's old hand-written sniffer and parsers (`app/api/sniff.py`, `app/api/probe.py` at that
+git ref). Also reports each library's size in site-packages.
 
-    .venv/bin/python bench/bench_probe.py [--seconds 7.25] [--old-src DIR] [--out FILE]
+    .venv/bin/python bench/bench_probe.py [--seconds 7.25] [--old-ref main] [--out FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
+import importlib.util
 import io
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,42 +30,20 @@ import soundfile as sf
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
-from audio_fixtures import tone  # noqa: E402
+from audio_fixtures import (  # noqa: E402
+    tone,
+    write_adts,
+    write_corrupt,
+    write_m4a,
+    write_mp3_that_starts_at_320k,
+    write_vbr_mp3_without_xing,
+)
 
 Answer = tuple[str | None, float | None]  # (type, seconds) or (None, None) with an error text
 
 
 def _sf(path: Path, seconds: float, rate: int, fmt: str, subtype: str, **kw: object) -> None:
     sf.write(str(path), tone(seconds, rate).T, rate, format=fmt, subtype=subtype, **kw)
-
-
-def _av(path: Path, seconds: float, rate: int, fmt: str, codec: str) -> None:
-    import av
-
-    data = np.ascontiguousarray(tone(seconds, rate, 2), dtype=np.float32)
-    with av.open(str(path), "w", format=fmt) as container:
-        stream = container.add_stream(codec, rate=rate, layout="stereo")
-        frame = av.AudioFrame.from_ndarray(data, format="fltp", layout="stereo")
-        frame.sample_rate = rate
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            container.mux(packet)
-
-
-def _strip_xing(data: bytes) -> bytes:
-    """Drop the first MPEG frame when it carries a Xing/Info/VBRI header (VBR without an index)."""
-    start = 0
-    if data[:3] == b"ID3":
-        start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(data[6:10]))
-    while not (data[start] == 0xFF and data[start + 1] & 0xE0 == 0xE0):
-        start += 1
-    head = data[start : start + 4]
-    bitrates = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)
-    assert (head[1] >> 1) & 0x0F == 0x0D, "MPEG-1 Layer III only"
-    kbps = bitrates[head[2] >> 4]
-    size = 144000 * kbps // (44100, 48000, 32000)[(head[2] >> 2) & 3] + ((head[2] >> 1) & 1)
-    frame = data[start : start + size]
-    assert b"Xing" in frame or b"Info" in frame, "no Xing/Info frame to strip"
-    return data[:start] + data[start + size :]
 
 
 def write_fixtures(folder: Path, seconds: float) -> list[tuple[str, Path, str | None, float]]:
@@ -81,17 +63,13 @@ def write_fixtures(folder: Path, seconds: float) -> list[tuple[str, Path, str | 
     add("aiff", "aiff", s, lambda p: _sf(p, s, 44100, "AIFF", "PCM_16"))
     add("aiff-c-float", "aiff", s, lambda p: _sf(p, s, 44100, "AIFF", "FLOAT"))
     add("mp3-cbr", "mp3", s, lambda p: _sf(p, s, 44100, "MP3", "MPEG_LAYER_III"))
-    vbr = add(
-        "mp3-vbr-xing",
-        "mp3",
-        s,
-        lambda p: _sf(
-            p, s, 44100, "MP3", "MPEG_LAYER_III", bitrate_mode="VARIABLE", compression_level=0.2
-        ),
-    )
-    add("mp3-vbr-no-xing", "mp3", s, lambda p: p.write_bytes(_strip_xing(vbr.read_bytes())))
-    add("m4a-aac", "m4a", s, lambda p: _av(p, s, 44100, "mp4", "aac"))
-    add("adts-aac", "aac", s, lambda p: _av(p, s, 44100, "adts", "aac"))
+    add("mp3-8k-mpeg2.5", "mp3", s, lambda p: _sf(p, s, 8000, "MP3", "MPEG_LAYER_III"))
+    vbr = {"bitrate_mode": "VARIABLE", "compression_level": 0.2}
+    add("mp3-vbr-xing", "mp3", s, lambda p: _sf(p, s, 44100, "MP3", "MPEG_LAYER_III", **vbr))
+    add("mp3-vbr-no-xing", "mp3", s, lambda p: write_vbr_mp3_without_xing(p, s))
+    add("mp3-320k-then-32k-no-xing", "mp3", s, lambda p: write_mp3_that_starts_at_320k(p, s))
+    add("m4a-aac", "m4a", s, lambda p: write_m4a(p, s))
+    add("adts-aac", "aac", s, lambda p: write_adts(p, s))
     add("ogg-vorbis", "ogg", s, lambda p: _sf(p, s, 44100, "OGG", "VORBIS"))
     add("opus", "opus", s, lambda p: _sf(p, s, 48000, "OGG", "OPUS"))
     rng = np.random.default_rng(7)
@@ -102,10 +80,7 @@ def write_fixtures(folder: Path, seconds: float) -> list[tuple[str, Path, str | 
     for case in ("wav", "flac", "mp3-cbr", "m4a-aac", "ogg-vorbis", "aiff"):
         whole = (folder / case).read_bytes()
         add(f"{case}-first-64-bytes", None, 0, lambda p, w=whole: p.write_bytes(w[:64]))
-    buffer = io.BytesIO()
-    sf.write(buffer, tone(1.0).T, 44100, format="FLAC")
-    garbage = np.random.default_rng(1).integers(0, 256, 20000, dtype=np.uint8).tobytes()
-    add("flac-head-then-garbage", None, 0, lambda p: p.write_bytes(buffer.getvalue()[:200] + garbage))
+    add("flac-head-then-garbage", None, 0, write_corrupt)
     return made
 
 
@@ -151,21 +126,48 @@ def _pyav(path: Path) -> Answer:
     return kind or fmt, seconds
 
 
-def _old(path: Path) -> Answer:
-    from app.api.probe import probe_duration  # type: ignore[import-not-found]
-    from app.api.sniff import sniff_path  # type: ignore[import-not-found]
+def _shipped(path: Path) -> Answer:
+    from app.audio_probe import probe
 
-    found = sniff_path(path)
-    if found is None:
-        return None, None
-    renamed = {"mp4": "m4a"}.get(found, found)
-    if found == "ogg":
-        renamed = "opus" if b"OpusHead" in path.read_bytes()[:100] else "ogg"
-    return renamed, probe_duration(path, found)
+    found = probe(path)
+    return found.format.name, found.duration_s
+
+
+def _load_old(ref: str) -> Callable[[Path], Answer]:
+    """The API's old sniffer and parsers, read from git at `ref` (they import each other)."""
+    folder = Path(tempfile.mkdtemp(prefix="old-probe-"))
+    modules = {}
+    for name in ("sniff", "probe"):
+        source = subprocess.run(
+            ["git", "-C", str(ROOT), "show", f"{ref}:app/api/{name}.py"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        (folder / f"{name}.py").write_text(source)
+        spec = importlib.util.spec_from_file_location(f"app.api.{name}", folder / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[f"app.api.{name}"] = module
+        spec.loader.exec_module(module)
+        modules[name] = module
+
+    def old(path: Path) -> Answer:
+        found = modules["sniff"].sniff_path(path)
+        if found is None:
+            return None, None
+        renamed = {"mp4": "m4a"}.get(found, found)
+        if found == "ogg" and b"OpusHead" in path.read_bytes()[:100]:
+            renamed = "opus"
+        return renamed, modules["probe"].probe_duration(path, found)
+
+    return old
 
 
 def run(name: str, probe: Callable[[Path], Answer], cases: list) -> list[dict]:
     rows = []
+    with contextlib.suppress(Exception):  # imports and first-call set-up are not a probe's cost
+        probe(cases[0][1])
     for case, path, expected, real in cases:
         times = []
         error = ""
@@ -179,10 +181,7 @@ def run(name: str, probe: Callable[[Path], Answer], cases: list) -> list[dict]:
             times.append(time.perf_counter() - t0)
         kind, seconds = answer
         refused = kind is None or seconds is None or seconds <= 0
-        if expected is None:
-            ok_type = refused
-        else:
-            ok_type = kind == expected
+        ok_type = refused if expected is None else kind == expected
         delta = None if (seconds is None or expected is None) else seconds - real
         rows.append(
             {
@@ -207,16 +206,16 @@ def _size(dist: str) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=7.25)
-    parser.add_argument("--old-src", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "bench/results/probe_raw.md")
+    parser.add_argument("--old-ref", help="git ref with app/api/sniff.py and probe.py")
+    parser.add_argument("--out", type=Path, help="also write the table to this file")
     args = parser.parse_args()
     candidates: list[tuple[str, Callable[[Path], Answer]]] = [
         ("mutagen", _mutagen),
         ("PyAV", _pyav),
+        ("app.audio_probe", _shipped),
     ]
-    if args.old_src:
-        sys.path.insert(0, str(args.old_src))
-        candidates.append(("old sniff+probe", _old))
+    if args.old_ref:
+        candidates.append((f"old sniff+probe ({args.old_ref})", _load_old(args.old_ref)))
     with tempfile.TemporaryDirectory() as tmp:
         cases = write_fixtures(Path(tmp), args.seconds)
         rows = [row for name, probe in candidates for row in run(name, probe, cases)]
@@ -234,16 +233,18 @@ def main() -> None:
         mine = [r for r in rows if r["candidate"] == name]
         wrong = sum(not r["ok_type"] for r in mine)
         deltas = [abs(r["delta"]) for r in mine if r["delta"] is not None and r["ok_type"]]
+        median = statistics.median(r["ms"] for r in mine)
         lines.append(
             f"\n{name}: {wrong} of {len(mine)} wrong; worst duration error of the typed ones "
-            f"{max(deltas, default=0):.3f} s; median probe {statistics.median(r['ms'] for r in mine):.2f} ms"
+            f"{max(deltas, default=0):.3f} s; median probe {median:.2f} ms"
         )
     for dist in ("mutagen", "av"):
         mb, count = _size(dist)
         lines.append(f"{dist} {importlib.metadata.version(dist)}: {mb:.1f} MB in {count} files")
     text = "\n".join(lines)
     print(text)
-    args.out.write_text(text + "\n")
+    if args.out:
+        args.out.write_text(text + "\n")
 
 
 if __name__ == "__main__":

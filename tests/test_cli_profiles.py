@@ -11,10 +11,10 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from app.audio_probe import EXTENSIONS
 from app.commands.batch import output_folders
 from app.commands.progress import ProgressBoard
 from app.commands.separate import unreadable
-from app.audio_probe import EXTENSIONS
 from app.db import Connection, as_user
 from app.errors import ConfigError
 from app.profiles import file_sha256, find_config, load_profiles
