@@ -144,6 +144,8 @@ def probe_file(handle: BinaryIO) -> Probe:
     channels = int(getattr(info, "channels", 0) or 0)
     if channels <= 0:  # e.g. an MP4 whose tracks are all video: mutagen reads the movie's length
         raise UndecodableAudio(f"the {fmt.label} file has no audio track")
+    if getattr(info, "audio_format", None) == 0:  # WAV's format tag 0: WAVE_FORMAT_UNKNOWN
+        raise UndecodableAudio(f"the {fmt.label} header names no audio encoding (format tag 0)")
     if seconds <= 0:
         raise EmptyAudio(f"the {fmt.label} data holds no audio frames")
     return Probe(

@@ -113,8 +113,9 @@ def test_non_audio_is_unsupported_and_the_message_lists_what_is(
         (m4a_bytes(5)[:40], "cannot be decoded"),
         (audio_bytes("MP3")[:30], "cannot be decoded"),
         (b"", "empty"),
+        (audio_bytes()[:20] + b"\x00\x00" + audio_bytes()[22:], "no audio encoding"),
     ],
-    ids=["flac-garbage", "truncated-mp4", "truncated-mp3", "empty"],
+    ids=["flac-garbage", "truncated-mp4", "truncated-mp3", "empty", "wav-format-tag-0"],
 )
 def test_broken_audio_is_undecodable_without_a_path(
     tmp_path: Path, data: bytes, match: str
