@@ -1,14 +1,16 @@
 """What audio we accept, and what a file is: type from its content, duration from its headers.
 
 One list, `FORMATS`, is what the API accepts (415 otherwise), what the worker decodes (each
-format names its decoder), what `stemfleet process` collects by default (the extensions) and what
+format names its decoders), what `stemfleet process` collects by default (the extensions) and what
 the README lists (a test compares them). The probe is mutagen's (pure Python, 1.6 MB; chosen over
 PyAV by measurement, see bench/results/probe.md): it reads only headers and frame indexes, never
 decodes audio, and judges by the bytes, never by the file's name or the client's Content-Type.
 
 Limits of a header probe (measured): a file whose header is intact but whose audio is cut off or
-garbage passes here and fails when the worker decodes it; an MP3 that is VBR without a
-Xing/Info/VBRI header gets a duration estimated from its first frame's bitrate.
+garbage passes here and fails when the worker decodes it; an MP3 without a Xing/Info/VBRI header
+and ADTS AAC have no length in their headers, so theirs is estimated from the bitrate
+(`Probe.estimated`): the worker then reads them to the end and holds the duration limit on the
+samples it decodes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,6 @@ from mutagen.aiff import AIFF
 from mutagen.flac import FLAC
 from mutagen.mp3 import MP3, BitrateMode, MPEGFrame
 from mutagen.mp4 import MP4, MP4NoTrackError
-from mutagen.oggflac import OggFLAC
 from mutagen.oggopus import OggOpus
 from mutagen.oggvorbis import OggVorbis
 from mutagen.wave import WAVE
@@ -64,7 +65,7 @@ FORMATS: tuple[AudioFormat, ...] = (
         ("ogg", "oga"),
         ("audio/ogg",),
         ("soundfile", "av"),
-        (OggVorbis, OggFLAC),
+        (OggVorbis,),
     ),
     AudioFormat(
         "opus", "Opus", ("opus",), ("audio/ogg", "audio/opus"), ("soundfile", "av"), (OggOpus,)
