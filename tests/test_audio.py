@@ -97,6 +97,7 @@ def test_the_duration_limit_holds_for_what_is_decoded(tmp_path: Path) -> None:
         with pytest.raises(PermanentJobError) as info:
             run()
         assert info.value.kind == "too_long"
+        assert "longer than its header says" in str(info.value)
         assert "STEMFLEET_MAX_DURATION" in str(info.value)
 
 

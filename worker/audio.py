@@ -319,8 +319,14 @@ def _limited(
     decoded = 0
     for block in blocks:
         decoded += block.shape[-1]
-        if limit is not None and decoded > limit:
-            check_duration(source.path.name, decoded / source.samplerate, max_seconds)
+        if limit is not None and max_seconds is not None and decoded > limit:
+            raise PermanentJobError(
+                f"{source.path.name!r} is longer than its header says: over "
+                f"{decoded / source.samplerate:.1f} s decoded so far; the limit is "
+                f"{_format_seconds(max_seconds)} ({max_seconds:.0f} s). Send a shorter file or a "
+                "preview, or raise STEMFLEET_MAX_DURATION on the workers.",
+                kind="too_long",
+            )
         yield block
 
 
