@@ -45,11 +45,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from app.audio_probe import EXTENSIONS
 from app.errors import ConfigError, PermanentJobError
 from app.params import JobParams, OutputFormat, parse_params
 
 DEFAULT_CONFIG_NAME = "stemfleet.yaml"
-AUDIO_PATTERNS = ("*.wav", "*.flac", "*.mp3", "*.ogg", "*.opus", "*.m4a", "*.aif", "*.aiff")
+AUDIO_PATTERNS = tuple(f"*.{ext}" for ext in EXTENSIONS)  # every accepted format's extensions
 _NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 

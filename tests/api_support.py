@@ -123,7 +123,13 @@ def audio_bytes(fmt: str = "WAV", seconds: float = 1.0, samplerate: int = 8000) 
     frames = int(seconds * samplerate)
     t = np.arange(frames) / samplerate
     data = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
-    subtype = {"WAV": "PCM_16", "FLAC": "PCM_16", "OGG": "VORBIS", "MP3": "MPEG_LAYER_III"}[fmt]
+    subtype = {
+        "WAV": "PCM_16",
+        "FLAC": "PCM_16",
+        "OGG": "VORBIS",
+        "MP3": "MPEG_LAYER_III",
+        "AIFF": "PCM_16",
+    }[fmt]
     buffer = io.BytesIO()
     sf.write(buffer, data, samplerate, format=fmt, subtype=subtype)
     return buffer.getvalue()
@@ -134,14 +140,20 @@ def _box(kind: bytes, payload: bytes) -> bytes:
 
 
 def m4a_bytes(seconds: float, *, audio_track: bool = True) -> bytes:
-    """The boxes a duration probe reads: ftyp, moov/mvhd (timescale 1000), trak/mdia/hdlr."""
+    """The boxes a duration probe reads: ftyp, moov/mvhd and one trak (hdlr, mdhd with timescale
+    1000, an AAC sample entry), and an empty mdat."""
     ftyp = _box(b"ftyp", b"M4A " + struct.pack(">I", 0) + b"M4A isom")
     mvhd = _box(
         b"mvhd", bytes(4) + struct.pack(">IIII", 0, 0, 1000, int(seconds * 1000)) + bytes(80)
     )
     handler = b"soun" if audio_track else b"vide"
     hdlr = _box(b"hdlr", bytes(4) + bytes(4) + handler + bytes(12) + b"\x00")
-    trak = _box(b"trak", _box(b"mdia", hdlr))
+    mdhd = _box(b"mdhd", bytes(12) + struct.pack(">II", 1000, int(seconds * 1000)) + bytes(4))
+    # an AAC sample entry: stereo, 16 bit, 44.1 kHz (16.16 fixed point), then a child box
+    entry = bytes(16) + struct.pack(">HHII", 2, 16, 0, 44100 << 16) + _box(b"free", b"")
+    stsd = _box(b"stsd", bytes(4) + struct.pack(">I", 1) + _box(b"mp4a", entry))
+    minf = _box(b"minf", _box(b"stbl", stsd))
+    trak = _box(b"trak", _box(b"mdia", hdlr + mdhd + minf))
     return ftyp + _box(b"moov", mvhd + trak) + _box(b"mdat", bytes(64))
 
 

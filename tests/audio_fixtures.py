@@ -2,7 +2,10 @@
 
 - `tone(seconds, samplerate, channels)`: a deterministic float32 [C, T] mix (two tones + noise).
 - `write_clip(path, seconds, samplerate=44100, channels=2, fmt=None)`: a clip file; the format
-  comes from `fmt` or the suffix: wav, flac, mp3, ogg (vorbis), opus (ogg opus). Returns path.
+  comes from `fmt` or the suffix: wav, flac, mp3, ogg (vorbis), opus (ogg opus), aiff. Returns
+  path. `write_m4a` / `write_adts`: AAC in MP4 / in ADTS frames (PyAV).
+- `write_vbr_mp3_without_xing`, `write_mp3_that_starts_at_320k`: MP3s whose length no header
+  says (a reader can only estimate it).
 - `write_corrupt(path)`: a file that starts like a FLAC file and then holds garbage.
 - `write_not_audio(path)`: a PNG header and bytes: a file that is not audio at all.
 - `write_silent_wav(path)`: a valid wav header with zero frames.
@@ -36,6 +39,7 @@ _FORMATS = {
     "mp3": ("MP3", "MPEG_LAYER_III"),
     "ogg": ("OGG", "VORBIS"),
     "opus": ("OGG", "OPUS"),
+    "aiff": ("AIFF", "PCM_16"),
 }
 
 
@@ -82,16 +86,70 @@ def write_clip(
 def write_m4a(path: Path, seconds: float, samplerate: int = 44100) -> Path:
     """`seconds` of stereo `tone()` as AAC in an MP4 container (what phones and iTunes make),
     encoded with PyAV's bundled FFmpeg. AAC adds up to one frame (1024) of priming and padding."""
+    return _write_aac(path, seconds, samplerate, "mp4")
+
+
+def write_adts(path: Path, seconds: float, samplerate: int = 44100) -> Path:
+    """`seconds` of stereo `tone()` as raw AAC in ADTS frames (a `.aac` file), with PyAV."""
+    return _write_aac(path, seconds, samplerate, "adts")
+
+
+def _write_aac(path: Path, seconds: float, samplerate: int, container_format: str) -> Path:
     import av
 
     data = np.ascontiguousarray(tone(seconds, samplerate, 2), dtype=np.float32)
-    with av.open(str(path), "w", format="mp4") as container:
+    with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream("aac", rate=samplerate, layout="stereo")
         frame = av.AudioFrame.from_ndarray(data, format="fltp", layout="stereo")
         frame.sample_rate = samplerate
         for packet in [*stream.encode(frame), *stream.encode(None)]:
             container.mux(packet)
     return path
+
+
+def write_vbr_mp3_without_xing(path: Path, seconds: float, samplerate: int = 44100) -> Path:
+    """A VBR MP3 (libsndfile's LAME) whose first frame, the Xing/Info header that says how many
+    frames follow, is cut out: as some streaming rips and old encoders make. Readers can only
+    estimate its length from the bitrate of its first frames."""
+    mp3 = _mp3_without_xing(tone(seconds, samplerate), samplerate, "VARIABLE", 0.2)
+    path.write_bytes(mp3)
+    return path
+
+
+def write_mp3_that_starts_at_320k(path: Path, seconds: float, samplerate: int = 44100) -> Path:
+    """0.5 s at 320 kbps then the rest at 32 kbps, no Xing header (two CBR streams joined): a
+    length estimated from the first frames' bitrate is about a tenth of the real one."""
+    data = tone(seconds, samplerate)
+    cut = samplerate // 2
+    loud = _mp3_without_xing(data[:, :cut], samplerate, "CONSTANT", 0.0)
+    path.write_bytes(loud + _mp3_without_xing(data[:, cut:], samplerate, "CONSTANT", 0.99))
+    return path
+
+
+def _mp3_without_xing(data: np.ndarray, samplerate: int, mode: str, level: float) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(
+        buffer,
+        data.T,
+        samplerate,
+        format="MP3",
+        subtype="MPEG_LAYER_III",
+        bitrate_mode=mode,
+        compression_level=level,
+    )
+    mp3 = buffer.getvalue()
+    start = 0
+    if mp3[:3] == b"ID3":
+        start = 10 + sum((b & 0x7F) << (7 * (3 - i)) for i, b in enumerate(mp3[6:10]))
+    head = mp3[start : start + 4]
+    assert head[0] == 0xFF and (head[1] >> 1) & 0x0F == 0x0D, "MPEG-1 Layer III expected"
+    kbps = (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)[head[2] >> 4]
+    rate = (44100, 48000, 32000)[(head[2] >> 2) & 3]
+    size = 144000 * kbps // rate + ((head[2] >> 1) & 1)
+    first = mp3[start : start + size]
+    if b"Xing" not in first and b"Info" not in first:  # LAME leaves it out of 32 kbps frames
+        return mp3
+    return mp3[:start] + mp3[start + size :]
 
 
 def write_corrupt(path: Path) -> Path:

@@ -135,10 +135,11 @@ def test_uvicorn_serves_the_module_level_app(
 
 
 def test_the_api_imports_neither_torch_nor_the_worker() -> None:
+    """Nor the worker's decoders (the `worker` extra): the API reads audio headers with mutagen."""
     probe = (
         "import sys, app.api.main, app.api.cli\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "('torch', 'demucs', 'worker', 'scaler'))\n"
+        "('torch', 'demucs', 'worker', 'scaler', 'av', 'soundfile'))\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)

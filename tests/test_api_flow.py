@@ -126,6 +126,26 @@ def test_upload_job_events_and_stems_over_http(server: str, worker: Worker) -> N
         check_stems(final, seconds)
 
 
+def test_an_aiff_upload_is_accepted_and_separated(server: str, worker: Worker) -> None:
+    """`stemfleet process` collects AIFF files and the worker decodes them: the API takes them."""
+    seconds = 1.5
+    data = audio_bytes("AIFF", seconds, samplerate=44100)
+    with httpx.Client(base_url=server, headers=bearer(USER_A), timeout=60) as client:
+        created = client.post(
+            "/v1/jobs",
+            files={"file": ("take 3.aif", data, "application/octet-stream")},
+            data={"kind": "separate"},
+        )
+        assert created.status_code == 202, created.text
+        assert created.json()["duration_s"] == pytest.approx(seconds, abs=0.01)
+
+        (outcome,) = worker.run_once()
+        assert outcome.status == "succeeded"
+        done = client.get(f"/v1/jobs/{created.json()['id']}").json()
+        assert done["status"] == "succeeded"
+        check_stems(done, seconds)
+
+
 def test_supabase_client_insert_is_visible_through_the_api_and_processed(
     server: str, worker: Worker, settings: Settings
 ) -> None:

@@ -10,13 +10,17 @@ import soundfile as sf
 import torch
 from audio_fixtures import (
     tone,
+    write_adts,
     write_clip,
     write_corrupt,
     write_m4a,
+    write_mp3_that_starts_at_320k,
     write_not_audio,
     write_silent_wav,
+    write_vbr_mp3_without_xing,
 )
 
+from app.audio_probe import probe
 from app.errors import PermanentJobError
 from app.params import JobParams
 from worker.audio import decode, iter_decode, probe_duration
@@ -27,7 +31,14 @@ SR = 44100
 
 @pytest.mark.parametrize(
     ("suffix", "samplerate"),
-    [("wav", 44100), ("flac", 44100), ("mp3", 44100), ("ogg", 44100), ("opus", 48000)],
+    [
+        ("wav", 44100),
+        ("flac", 44100),
+        ("mp3", 44100),
+        ("ogg", 44100),
+        ("opus", 48000),
+        ("aiff", 44100),
+    ],
 )
 def test_decode_each_format_to_model_rate_and_channels(
     tmp_path: Path, suffix: str, samplerate: int
@@ -40,7 +51,7 @@ def test_decode_each_format_to_model_rate_and_channels(
     assert wav.shape == (2, 2 * SR)  # mp3 gapless and opus pre-skip are trimmed exactly
     mono = decode(clip, samplerate=SR, channels=1)
     assert mono.shape == (1, 2 * SR)
-    if suffix in ("wav", "flac"):  # lossless: the samples come back (16-bit quantised)
+    if suffix in ("wav", "flac", "aiff"):  # lossless: the samples come back (16-bit quantised)
         assert np.abs(wav.numpy() - tone(2.0)).max() < 1e-4
     else:  # lossy: the signal is still there
         assert float(wav.std()) == pytest.approx(float(tone(2.0).std()), rel=0.1)
@@ -56,6 +67,38 @@ def test_decode_m4a_aac_without_an_ffmpeg_binary(tmp_path: Path) -> None:
     assert torch.equal(torch.cat(streamed, dim=-1), wav)
     half = decode(clip, samplerate=SR, channels=2, start=0.5, duration=1.0)
     assert half.shape == (2, SR)
+
+
+def test_decode_adts_aac(tmp_path: Path) -> None:
+    clip = write_adts(tmp_path / "radio.aac", 2.0)
+    wav = decode(clip, samplerate=SR, channels=2)
+    assert abs(wav.shape[-1] - 2 * SR) <= 2048
+    assert float(wav.std()) == pytest.approx(float(tone(2.0).std()), rel=0.1)
+
+
+def test_a_vbr_mp3_without_a_xing_header_is_decoded_to_its_end(tmp_path: Path) -> None:
+    """Its header can only estimate the length (4.2 s here): libsndfile stopped there and the
+    stems lost the last 3 s; the whole song is separated."""
+    clip = write_vbr_mp3_without_xing(tmp_path / "rip.mp3", 7.25)
+    wav = decode(clip, samplerate=SR, channels=2)
+    assert wav.shape[-1] / SR == pytest.approx(7.25, abs=0.1)
+    streamed = list(iter_decode(clip, samplerate=SR, channels=2, block_frames=50_000))
+    assert torch.equal(torch.cat(streamed, dim=-1), wav)
+
+
+def test_the_duration_limit_holds_for_what_is_decoded(tmp_path: Path) -> None:
+    """A header that underestimates the length does not let a longer song past the limit."""
+    clip = write_mp3_that_starts_at_320k(tmp_path / "joined.mp3", 8.0)
+    assert probe(clip).duration_s < 2 and probe_duration(clip) < 4  # what the headers say
+    for run in (
+        lambda: decode(clip, samplerate=SR, channels=2, max_seconds=5),
+        lambda: list(iter_decode(clip, samplerate=SR, channels=2, max_seconds=5)),
+    ):
+        with pytest.raises(PermanentJobError) as info:
+            run()
+        assert info.value.kind == "too_long"
+        assert "longer than its header says" in str(info.value)
+        assert "STEMFLEET_MAX_DURATION" in str(info.value)
 
 
 def test_streamed_decode_equals_whole_decode_with_resampling(tmp_path: Path) -> None:
@@ -101,7 +144,7 @@ def test_undecodable_inputs_name_the_accepted_formats(tmp_path: Path, make: obje
     error = _error(path)
     assert error.kind == "undecodable"
     assert path.name in str(error)
-    assert "Accepted formats: wav, flac, mp3" in str(error)
+    assert "Accepted formats: WAV, FLAC, MP3" in str(error)
     with pytest.raises(PermanentJobError, match="Accepted formats"):
         probe_duration(path)
 

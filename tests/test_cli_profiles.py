@@ -11,6 +11,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from app.audio_probe import EXTENSIONS
 from app.commands.batch import output_folders
 from app.commands.progress import ProgressBoard
 from app.commands.separate import unreadable
@@ -111,6 +112,18 @@ def test_source_files_match_names_case_insensitively(tmp_path: Path) -> None:
     missing = config.get("flat").model_copy(update={"source_folder": tmp_path / "unplugged"})
     with pytest.raises(ConfigError, match="is the card or drive mounted"):
         missing.source_files()
+
+
+def test_by_default_a_profile_collects_every_accepted_format(tmp_path: Path) -> None:
+    card = tmp_path / "card"
+    card.mkdir()
+    audio = [f"take.{ext}" for ext in EXTENSIONS] + ["LOUD.AIF", "radio.AAC"]
+    for name in [*audio, "notes.txt", "cover.jpg", "session.mid"]:
+        (card / name).write_bytes(b"x")
+    text = "profiles:\n  - {name: all, source_folder: card, destination: out}\n"
+    config = load_profiles(write_config(tmp_path, text))
+    assert [p.name for p in config.get("all").source_files()] == sorted(audio)
+    assert {"take.aiff", "take.aif", "take.aac", "take.m4a"} <= set(audio)
 
 
 def test_processed_files_are_recorded_per_profile_by_hash(conn: Connection, queue: Queue) -> None:

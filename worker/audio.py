@@ -1,13 +1,12 @@
-"""Audio in: probe and decode (whole or streamed in blocks); encoding stems is `worker.encode`.
+"""Audio in: decode (whole or streamed in blocks); encoding stems is `worker.encode`.
 
-Decoders, in order:
+What a file is comes from `app.audio_probe` (its bytes, never its name), the one list of formats
+the API, this worker, `stemfleet process` and the docs share; each format names its decoders:
 1. soundfile (libsndfile 1.2): wav, flac, ogg vorbis / opus, mp3, aiff. Sample exact: it trims
    mp3 encoder delay and padding (LAME gapless tag) and the opus pre-skip, so stems line up with
    the original to the sample.
-2. sphn, Demucs 4.1's own decoder: everything symphonia reads.
-3. PyAV (FFmpeg's libraries bundled in its wheel): m4a/aac (symphonia rejects many real m4a
-   files) and other containers, with no ffmpeg binary on the machine.
-4. the ffmpeg command, only if it is installed (the core never needs it).
+2. PyAV (FFmpeg's libraries bundled in its wheel): m4a/mp4 and ADTS aac, and any file of the
+   formats above that libsndfile refuses, with no ffmpeg binary on the machine.
 
 Everything is converted to the model's channels and sample rate the way Demucs does it
 (`demucs.audio.convert_audio`: channel rule, then `julius.resample_frac`). The streamed variant
@@ -18,27 +17,30 @@ Encoders: see `worker.encode` (it resamples opus stems with `StreamResampler` be
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import julius
 import numpy as np
 import soundfile as sf
-import sphn
 import torch
 from demucs.audio import convert_audio_channels
 
+from app.audio_probe import (
+    ACCEPTED,
+    EmptyAudio,
+    UndecodableAudio,
+    UnsupportedAudio,
+    error_reason,
+    probe,
+)
 from app.errors import PermanentJobError
 
-ACCEPTED_FORMATS = (
-    "wav, flac, mp3, ogg (vorbis or opus), aiff, m4a/aac (and any format ffmpeg reads when it "
-    "is installed on the worker)"
-)
 # Shortest input separated: below it a mix holds too little to separate (one sample gives a
 # standard deviation of NaN, and the model NaNs), and nobody means to send it.
 MIN_SECONDS = 0.1
 BLOCK_FRAMES = 1 << 18  # frames read or written per step when streaming
+DECODED_SLACK_S = 0.5  # decoded audio may run past a header's length by codec padding
 
 
 class _Source:
@@ -50,21 +52,28 @@ class _Source:
         self.channels = 0
         self.frames = 0
         self.backend = ""
+        try:
+            found = probe(path)
+        except UnsupportedAudio:
+            raise _undecodable(path, "it is not audio in a format we accept") from None
+        except EmptyAudio:
+            raise PermanentJobError(
+                f"{path.name!r} contains no audio (0 samples)", kind="empty"
+            ) from None
+        except UndecodableAudio as exc:
+            raise _undecodable(path, str(exc)) from None
+        openers = {"soundfile": self._open_soundfile, "av": self._open_av}
         errors: list[str] = []
-        for backend in (self._open_soundfile, self._open_sphn, self._open_av, self._open_ffmpeg):
+        for decoder in found.decoders:
             try:
-                if backend():
-                    return
+                openers[decoder]()
+                self.backend = decoder
+                return
             except Exception as exc:  # every decoder reports bad input its own way
-                errors.append(f"{backend.__name__.removeprefix('_open_')}: {exc}")
-        raise PermanentJobError(
-            f"could not decode {path.name!r}: it is not audio we can read, or it is corrupt "
-            f"({'; '.join(errors) or 'no decoder accepted it'}). Accepted formats: "
-            f"{ACCEPTED_FORMATS}.",
-            kind="undecodable",
-        )
+                errors.append(f"{decoder}: {error_reason(exc)}")
+        raise _undecodable(path, f"the {found.format.label} data is corrupt ({'; '.join(errors)})")
 
-    def _open_soundfile(self) -> bool:
+    def _open_soundfile(self) -> None:
         with sf.SoundFile(str(self.path)) as handle:
             self.samplerate, self.channels, self.frames = (
                 handle.samplerate,
@@ -73,22 +82,8 @@ class _Source:
             )
             if self.frames > 0:  # the first block must decode too, or the file is corrupt
                 handle.read(min(self.frames, 4096), dtype="float32")
-        self.backend = "soundfile"
-        return True
 
-    def _open_sphn(self) -> bool:
-        duration = sphn.durations([str(self.path)])[0]
-        if duration is None:
-            raise ValueError("unreadable")
-        reader = sphn.FileReader(str(self.path))
-        self.samplerate, self.channels = int(reader.sample_rate), int(reader.channels)
-        self.frames = round(float(duration) * self.samplerate)
-        self.backend = "sphn"
-        return True
-
-    def _open_av(self) -> bool:
-        """PyAV (FFmpeg's libraries, bundled in its wheel): m4a/aac and other containers the two
-        above do not read, without an ffmpeg binary on the machine."""
+    def _open_av(self) -> None:
         import av
 
         with av.open(str(self.path)) as container:
@@ -105,19 +100,6 @@ class _Source:
             self.samplerate = int(stream.codec_context.sample_rate)
             self.channels = int(stream.codec_context.channels)
         self.frames = round(seconds * self.samplerate)
-        self.backend = "av"
-        return True
-
-    def _open_ffmpeg(self) -> bool:
-        if shutil.which("ffprobe") is None or shutil.which("ffmpeg") is None:
-            return False
-        from demucs.audio import AudioFile
-
-        audio = AudioFile(self.path)
-        self.samplerate, self.channels = audio.samplerate(), audio.channels()
-        self.frames = round(audio.duration * self.samplerate)
-        self.backend = "ffmpeg"
-        return True
 
     @property
     def duration(self) -> float:
@@ -137,19 +119,15 @@ class _Source:
         except PermanentJobError:
             raise
         except Exception as exc:
-            raise PermanentJobError(
-                f"could not decode {self.path.name!r}: the file is corrupt or truncated "
-                f"({exc}). Accepted formats: {ACCEPTED_FORMATS}.",
-                kind="undecodable",
+            raise _undecodable(
+                self.path, f"the file is corrupt or truncated ({error_reason(exc)})"
             ) from None
 
     def _raw_blocks(self, start: int, frames: int | None, block: int) -> Iterator[np.ndarray]:
         if self.backend == "soundfile":
             yield from self._soundfile_blocks(start, frames, block)
-        elif self.backend == "av":
-            yield from self._av_blocks(start, frames, block)
         else:
-            yield self._whole(start, frames)
+            yield from self._av_blocks(start, frames, block)
 
     def _soundfile_blocks(self, start: int, frames: int | None, block: int) -> Iterator[np.ndarray]:
         left = frames if frames is not None else -1
@@ -196,21 +174,12 @@ class _Source:
         if held:
             yield np.ascontiguousarray(np.concatenate(pending, axis=1))
 
-    def _whole(self, start: int, frames: int | None) -> np.ndarray:
-        if self.backend == "sphn":
-            start_sec = start / self.samplerate
-            duration_sec = None if frames is None else frames / self.samplerate
-            data, _ = sphn.read(str(self.path), start_sec=start_sec, duration_sec=duration_sec)
-            data = np.asarray(data, dtype=np.float32)
-        else:
-            from demucs.audio import AudioFile
 
-            seek = start / self.samplerate if start else None
-            duration = None if frames is None else frames / self.samplerate
-            data = AudioFile(self.path).read(seek_time=seek, duration=duration, streams=0).numpy()
-        if data.ndim == 1:
-            data = data[None]
-        return data if frames is None else data[:, :frames]
+def _undecodable(path: Path, reason: str) -> PermanentJobError:
+    return PermanentJobError(
+        f"could not decode {path.name!r}: {reason}. Accepted formats: {ACCEPTED}.",
+        kind="undecodable",
+    )
 
 
 class StreamResampler:
@@ -327,12 +296,38 @@ def probe_duration(path: Path) -> float:
     return source.duration
 
 
-def _span(source: _Source, start: float, duration: float | None) -> tuple[int, int]:
+def _span(source: _Source, start: float, duration: float | None) -> tuple[int, int, int | None]:
+    """(first frame, frames by the header, frames to read: None reads to the end of the stream,
+    which may hold more than a header that estimates its length says)."""
     first = min(source.frames, max(0, round(start * source.samplerate)))
     frames = source.frames - first
-    if duration is not None:
-        frames = min(frames, round(duration * source.samplerate))
-    return first, frames
+    if duration is None:
+        return first, frames, None
+    frames = min(frames, round(duration * source.samplerate))
+    return first, frames, frames
+
+
+def _limited(
+    source: _Source, blocks: Iterator[np.ndarray], max_seconds: float | None
+) -> Iterator[np.ndarray]:
+    """`blocks`, stopped with "too_long" once the samples decoded pass `max_seconds` (and a
+    frame's slack): the header's duration was checked first, but it is an estimate for some
+    files (MP3 without a Xing header, ADTS AAC), and the limit holds for what is decoded."""
+    limit = None
+    if max_seconds is not None and max_seconds > 0 and source.samplerate:
+        limit = (max_seconds + DECODED_SLACK_S) * source.samplerate
+    decoded = 0
+    for block in blocks:
+        decoded += block.shape[-1]
+        if limit is not None and max_seconds is not None and decoded > limit:
+            raise PermanentJobError(
+                f"{source.path.name!r} is longer than its header says: over "
+                f"{decoded / source.samplerate:.1f} s decoded so far; the limit is "
+                f"{_format_seconds(max_seconds)} ({max_seconds:.0f} s). Send a shorter file or a "
+                "preview, or raise STEMFLEET_MAX_DURATION on the workers.",
+                kind="too_long",
+            )
+        yield block
 
 
 def iter_decode(
@@ -351,11 +346,11 @@ def iter_decode(
     the span decoded (from `start`, `duration` long), so a preview of a long file is allowed.
     """
     source = _open(path)
-    first, frames = _span(source, start, duration)
+    first, frames, read = _span(source, start, duration)
     check_duration(path.name, frames / source.samplerate if source.samplerate else 0, max_seconds)
     resampler = StreamResampler(source.samplerate, samplerate)
     produced = 0
-    for block in source.blocks(first, frames, block_frames):
+    for block in _limited(source, source.blocks(first, read, block_frames), max_seconds):
         wav = convert_audio_channels(torch.from_numpy(block), channels)
         out = resampler.push(wav)
         produced += out.shape[-1]
@@ -384,9 +379,11 @@ def decode(
     "too_long" (the decoded span is over `max_seconds`).
     """
     source = _open(path)
-    first, frames = _span(source, start, duration)
+    first, frames, read = _span(source, start, duration)
     check_duration(path.name, frames / source.samplerate if source.samplerate else 0, max_seconds)
-    blocks = [torch.from_numpy(b) for b in source.blocks(first, frames)]
+    blocks = [
+        torch.from_numpy(b) for b in _limited(source, source.blocks(first, read), max_seconds)
+    ]
     if not blocks or sum(b.shape[-1] for b in blocks) == 0:
         raise PermanentJobError(f"{path.name!r} contains no audio (0 samples)", kind="empty")
     wav = torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]

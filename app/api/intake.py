@@ -10,8 +10,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from app.api.errors import ApiError
-from app.api.probe import UndecodableAudio, probe_duration
-from app.api.sniff import CONTENT_TYPES, SUPPORTED, AudioType, sniff_path
+from app.audio_probe import ACCEPTED, AudioFormat, UndecodableAudio, UnsupportedAudio, probe
 
 CHUNK = 1 << 20
 
@@ -21,12 +20,12 @@ class Input:
     path: Path
     size: int
     sha256: str
-    audio_type: AudioType
+    format: AudioFormat
     duration_s: float
 
     @property
     def content_type(self) -> str:
-        return CONTENT_TYPES[self.audio_type]
+        return self.format.mime_types[0]
 
 
 def too_large(max_bytes: int) -> ApiError:
@@ -69,27 +68,26 @@ def sha256_file(path: Path) -> str:
 
 
 def inspect_audio(path: Path, size: int, sha256: str, max_duration: float) -> Input:
-    """Sniff and probe the file at `path`: 415 for an unknown type, 422 for undecodable or
+    """Probe the file at `path`: 415 for an unknown type, 422 for undecodable or
     too long audio."""
     if size == 0:
         raise ApiError(422, "empty_input", "the file is empty: send an audio file")
-    audio_type = sniff_path(path)
-    if audio_type is None:
+    try:
+        found = probe(path)
+    except UnsupportedAudio:
         raise ApiError(
             415,
             "unsupported_media_type",
             f"the file is not audio this service reads (judged by its content, not its name); "
-            f"send {SUPPORTED}",
-        )
-    try:
-        duration = probe_duration(path, audio_type)
+            f"send {ACCEPTED}",
+        ) from None
     except UndecodableAudio as exc:
         raise ApiError(
             422,
             "undecodable_audio",
-            f"the file looks like {audio_type} but cannot be read: {exc}; re-export it and "
-            "upload again",
+            f"the file cannot be read: {exc}; re-export it and upload again",
         ) from None
+    duration = found.duration_s
     if duration > max_duration:
         raise ApiError(
             422,
@@ -97,4 +95,4 @@ def inspect_audio(path: Path, size: int, sha256: str, max_duration: float) -> In
             f"the audio lasts {duration:.0f} s, longer than this server's limit of "
             f"{max_duration:.0f} s (STEMFLEET_MAX_DURATION); cut it into shorter parts",
         )
-    return Input(path=path, size=size, sha256=sha256, audio_type=audio_type, duration_s=duration)
+    return Input(path=path, size=size, sha256=sha256, format=found.format, duration_s=duration)

@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.context import ApiContext
 from app.api.errors import ApiError
 from app.api.intake import Input, copy_limited, inspect_audio, sha256_file, too_large
-from app.api.sniff import EXTENSIONS
 from app.api.ssrf import UnsafeCallbackUrl
 from app.api.views import JobOut
 from app.errors import ObjectNotFound, StorageKeyError
@@ -243,7 +242,7 @@ class Submitter:
         return dest.stat().st_size
 
     def _store(self, user_id: UUID, filename: str, found: Input) -> str:
-        name = filename or f"input.{EXTENSIONS[found.audio_type]}"
+        name = filename or f"input.{found.format.extensions[0]}"
         key = input_key(user_id, name)
         self.ctx.storage.put_file(key, found.path, content_type=found.content_type)
         return key
