@@ -23,9 +23,11 @@ from app.clock import FakeClock
 from app.db import Connection, connect
 from app.migrate import migrate
 from app.queue import Queue
+from tests.db_support import tx_connection
 from tests.s3_support import new_bucket_env
 
 TEMPLATE_DB = "stemfleet_template"
+TX_DB = "stemfleet_tx"
 
 
 def _docker_answers() -> bool:
@@ -116,6 +118,29 @@ def db_url(template_db: str, fresh_database: Any) -> str:
 @pytest.fixture
 def conn(db_url: str) -> Iterator[Connection]:
     with connect(db_url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def tx_db_url(pg_admin_url: str, template_db: str) -> str:
+    """One database cloned from the template for the whole run, shared by every `tx` test. (Not
+    the template itself: a database being cloned may have no other connection.)"""
+    with connect(pg_admin_url) as conn:
+        conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(TX_DB)))
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(TX_DB), sql.Identifier(template_db)
+            )
+        )
+    return _with_db(pg_admin_url, TX_DB)
+
+
+@pytest.fixture
+def tx(tx_db_url: str) -> Iterator[Connection]:
+    """A connection inside a transaction rolled back after the test (tests/db_support.py): for
+    tests that read and write rows through this one connection. Tests that need a NOTIFY, another
+    connection or process, a commit or a crash use `conn` / `db_url` (a fresh database)."""
+    with tx_connection(tx_db_url) as connection:
         yield connection
 
 
