@@ -23,8 +23,7 @@ Q_ROLE_AND_CLAIMS = (
     "coalesce(current_setting('request.jwt.claims', true), '') as claims"
 )
 Q_RESTORE_ROLE_AND_CLAIMS = (
-    "select set_config('role', %(role)s, true), "
-    "set_config('request.jwt.claims', %(claims)s, true)"
+    "select set_config('role', %(role)s, true), set_config('request.jwt.claims', %(claims)s, true)"
 )
 
 
