@@ -1,5 +1,10 @@
-"""Shared fixtures: a real Postgres, a template database built once from the migrations, a fresh
-database per test, and a real S3 HTTP endpoint (moto's server) spoken to through boto3.
+"""Shared fixtures: a real Postgres, a template database built once from the migrations, and a real
+S3 HTTP endpoint (moto's server) spoken to through boto3.
+
+A database test gets `tx` (a connection inside a transaction rolled back after the test, on one
+database cloned from the template for the whole run) unless it needs what only a commit shows:
+a NOTIFY, another connection or process (an API, a worker, a scaler), or a crash; those get a
+fresh database of their own (`db_url`, `conn`, `fresh_database`).
 
 Postgres comes from, in order: STEMFLEET_TEST_DATABASE_URL; testcontainers when a Docker engine
 answers; else a throwaway cluster from the machine's binaries (initdb / pg_ctl), stopped at the end.
@@ -117,6 +122,7 @@ def db_url(template_db: str, fresh_database: Any) -> str:
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[Connection]:
+    """An autocommit connection to this test's own fresh database (see `tx` for the cheap one)."""
     with connect(db_url) as connection:
         yield connection
 
