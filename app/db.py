@@ -11,12 +11,20 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from psycopg import sql
+from psycopg import pq, sql
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
 
 Connection = psycopg.Connection[DictRow]
+
+Q_ROLE_AND_CLAIMS = (
+    "select current_setting('role') as role, "
+    "coalesce(current_setting('request.jwt.claims', true), '') as claims"
+)
+Q_RESTORE_ROLE_AND_CLAIMS = (
+    "select set_config('role', %(role)s, true), set_config('request.jwt.claims', %(claims)s, true)"
+)
 
 
 def connect(url: str, *, application_name: str = "stemfleet") -> Connection:
@@ -46,10 +54,15 @@ def as_user(conn: Connection, user_id: str, role: str = "authenticated") -> Iter
     """Run statements in a transaction scoped to one end user, the way PostgREST does:
     `SET LOCAL ROLE authenticated` plus the JWT claims, so RLS applies to every query."""
     claims = Json({"sub": str(user_id), "role": role})
+    nested = conn.info.transaction_status != pq.TransactionStatus.IDLE
     with conn.transaction():
+        # Nested, this is a savepoint, which SET LOCAL outlives: remember what to put back.
+        before = conn.execute(Q_ROLE_AND_CLAIMS).fetchone() if nested else None
         conn.execute(sql.SQL("set local role {}").format(sql.Identifier(role)))
         conn.execute("select set_config('request.jwt.claims', %s::text, true)", (claims,))
         yield conn
+        if before is not None:
+            conn.execute(Q_RESTORE_ROLE_AND_CLAIMS, before)
 
 
 class Listener:

@@ -1,5 +1,10 @@
-"""Shared fixtures: a real Postgres, a template database built once from the migrations, a fresh
-database per test, and a real S3 HTTP endpoint (moto's server) spoken to through boto3.
+"""Shared fixtures: a real Postgres, a template database built once from the migrations, and a real
+S3 HTTP endpoint (moto's server) spoken to through boto3.
+
+A database test gets `tx` (a connection inside a transaction rolled back after the test, on one
+database cloned from the template for the whole run) unless it needs what only a commit shows:
+a NOTIFY, another connection or process (an API, a worker, a scaler), or a crash; those get a
+fresh database of their own (`db_url`, `conn`, `fresh_database`).
 
 Postgres comes from STEMFLEET_TEST_DATABASE_URL, else a throwaway cluster from the machine's
 binaries (app.pgserver, the project's one bring-up), stopped and deleted at the end.
@@ -20,9 +25,11 @@ from app.clock import FakeClock
 from app.db import Connection, connect
 from app.migrate import migrate
 from app.queue import Queue
+from tests.db_support import tx_connection
 from tests.s3_support import new_bucket_env
 
 TEMPLATE_DB = "stemfleet_template"
+TX_DB = "stemfleet_tx"
 
 
 def _with_db(url: str, dbname: str) -> str:
@@ -89,7 +96,31 @@ def db_url(template_db: str, fresh_database: Any) -> str:
 
 @pytest.fixture
 def conn(db_url: str) -> Iterator[Connection]:
+    """An autocommit connection to this test's own fresh database (see `tx` for the cheap one)."""
     with connect(db_url) as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def tx_db_url(pg_admin_url: str, template_db: str) -> str:
+    """One database cloned from the template for the whole run, shared by every `tx` test. (Not
+    the template itself: a database being cloned may have no other connection.)"""
+    with connect(pg_admin_url) as conn:
+        conn.execute(sql.SQL("drop database if exists {}").format(sql.Identifier(TX_DB)))
+        conn.execute(
+            sql.SQL("create database {} template {}").format(
+                sql.Identifier(TX_DB), sql.Identifier(template_db)
+            )
+        )
+    return _with_db(pg_admin_url, TX_DB)
+
+
+@pytest.fixture
+def tx(tx_db_url: str) -> Iterator[Connection]:
+    """A connection inside a transaction rolled back after the test (tests/db_support.py): for
+    tests that read and write rows through this one connection. Tests that need a NOTIFY, another
+    connection or process, a commit or a crash use `conn` / `db_url` (a fresh database)."""
+    with tx_connection(tx_db_url) as connection:
         yield connection
 
 

@@ -1,12 +1,15 @@
-"""Helpers for the deployment tests: the docs' code blocks, a real API process on loopback, and
-the repository's scripts loaded as modules."""
+"""Helpers for the deployment tests: the docs' code blocks, a real API process on loopback, the
+repository's scripts loaded as modules, the CLI commands and settings that deployment files may
+name, and the Dockerfile and .dockerignore parsed."""
 
 from __future__ import annotations
 
+import fnmatch
 import importlib.util
 import os
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -14,12 +17,14 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.cli import build_parser
 from app.db import connect
 from app.migrate import bootstrap_sql, migrate
+from app.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = {name: ROOT / "docs" / name for name in ("deploy.md", "operations.md")}
@@ -267,3 +272,92 @@ def migrated_with(fresh_database: Any, standin: str) -> str:
         conn.execute(standin)
     migrate(url)
     return url
+
+
+# --- what the deployment files may name ---------------------------------------------------------
+
+# Variables read outside Settings (app/migrate.py, the test harness).
+NON_SETTINGS_VARIABLES = {"STEMFLEET_MIGRATIONS_DIR", "STEMFLEET_TEST_DATABASE_URL"}
+
+
+def assert_cli_command(command: str | list[str]) -> None:
+    """`command` is a `stemfleet ...` invocation the real CLI accepts."""
+    argv = shlex.split(command) if isinstance(command, str) else command
+    assert argv[0] == "stemfleet", argv
+    args = build_parser().parse_args(argv[1:])
+    assert callable(args.handler), argv
+
+
+def assert_known_settings(env: dict[str, str], where: str) -> None:
+    """Every STEMFLEET_ variable names a setting (Settings ignores unknown ones silently), and
+    together they load."""
+    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    unknown = {k for k in env if k.startswith(ENV_PREFIX)} - fields - NON_SETTINGS_VARIABLES
+    assert not unknown, f"{where}: not settings: {sorted(unknown)}"
+
+
+# --- the Dockerfile and .dockerignore, parsed ---------------------------------------------------
+
+
+@dataclass
+class Stage:
+    base: str
+    name: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, instruction: str) -> list[str]:
+        return [a for i, a in self.instructions if i == instruction]
+
+
+def dockerfile_stages() -> dict[str, Stage]:
+    text = (ROOT / "Dockerfile").read_text()
+    logical = re.sub(r"\\\n", " ", text)
+    global_args: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    current: Stage | None = None
+    for raw in logical.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, rest = line.partition(" ")
+        instruction = instruction.upper()
+        rest = " ".join(rest.split())
+        if instruction == "FROM":
+            base, _, name = rest.partition(" AS ")
+            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], base)
+            current = Stage(base=base, name=name.strip())
+            stages[current.name] = current
+        elif current is None and instruction == "ARG":
+            key, _, value = rest.partition("=")
+            global_args[key] = value
+        elif current is not None:
+            current.instructions.append((instruction, rest))
+    return stages
+
+
+def dockerfile_env(stage: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for rest in dockerfile_stages()[stage].args("ENV"):
+        for item in shlex.split(rest):
+            key, _, value = item.partition("=")
+            env[key] = value
+    return env
+
+
+def dockerignore_patterns() -> list[str]:
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def ignored(path: str, patterns: list[str]) -> bool:
+    """Docker's rule: a pattern excludes a path when it matches it or one of its parents."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        bare = pattern.removeprefix("**/")
+        for prefix in prefixes:
+            if fnmatch.fnmatchcase(prefix, pattern) or fnmatch.fnmatchcase(
+                prefix.split("/")[-1] if pattern.startswith("**/") else prefix, bare
+            ):
+                return True
+    return False

@@ -5,12 +5,9 @@ alert rules, and scripts/fetch_model.py (run for real on the tiny model)."""
 from __future__ import annotations
 
 import copy
-import fnmatch
 import json
 import re
-import shlex
 import tomllib
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +15,20 @@ import pytest
 import yaml
 from openapi_schema_validator import OAS30Validator
 
-from app.cli import build_parser
 from app.clock import FakeClock
 from app.settings import ENV_PREFIX, Settings, load_settings, parse_duration
-from tests.deploy_support import load_script
+from tests.deploy_support import (
+    ROOT,
+    assert_cli_command,
+    assert_known_settings,
+    dockerfile_env,
+    dockerfile_stages,
+    load_script,
+)
 from tests.fake_fly import FakeFly
 
-ROOT = Path(__file__).resolve().parents[1]
 FLY_SPEC = ROOT / "tests/data/fly-machines-openapi.yaml"
 TEMPLATE = ROOT / "deploy/worker-machine.json"
-
-# Variables read outside Settings (app/migrate.py, the test harness).
-NON_SETTINGS_VARIABLES = {"STEMFLEET_MIGRATIONS_DIR", "STEMFLEET_TEST_DATABASE_URL"}
 
 
 def fly_toml() -> dict[str, Any]:
@@ -39,22 +38,6 @@ def fly_toml() -> dict[str, Any]:
 def template() -> dict[str, Any]:
     data: dict[str, Any] = json.loads(TEMPLATE.read_text())
     return data
-
-
-def assert_cli_command(command: str | list[str]) -> None:
-    """`command` is a `stemfleet ...` invocation the real CLI accepts."""
-    argv = shlex.split(command) if isinstance(command, str) else command
-    assert argv[0] == "stemfleet", argv
-    args = build_parser().parse_args(argv[1:])
-    assert callable(args.handler), argv
-
-
-def assert_known_settings(env: dict[str, str], where: str) -> None:
-    """Every STEMFLEET_ variable names a setting (Settings ignores unknown ones silently), and
-    together they load."""
-    fields = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    unknown = {k for k in env if k.startswith(ENV_PREFIX)} - fields - NON_SETTINGS_VARIABLES
-    assert not unknown, f"{where}: not settings: {sorted(unknown)}"
 
 
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -234,143 +217,6 @@ def test_the_scaler_creates_a_worker_from_the_template_on_a_spec_checked_fly_api
     assert config["stop_config"] == template()["stop_config"]
     assert config["metadata"]["stemfleet_role"] == "worker"
     assert config["env"]["STEMFLEET_MODEL_REPO"] == "/models"
-
-
-# --- Dockerfile and .dockerignore -----------------------------------------------------------------
-
-
-@dataclass
-class Stage:
-    base: str
-    name: str
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def args(self, instruction: str) -> list[str]:
-        return [a for i, a in self.instructions if i == instruction]
-
-
-def dockerfile_stages() -> dict[str, Stage]:
-    text = (ROOT / "Dockerfile").read_text()
-    logical = re.sub(r"\\\n", " ", text)
-    global_args: dict[str, str] = {}
-    stages: dict[str, Stage] = {}
-    current: Stage | None = None
-    for raw in logical.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        instruction, _, rest = line.partition(" ")
-        instruction = instruction.upper()
-        rest = " ".join(rest.split())
-        if instruction == "FROM":
-            base, _, name = rest.partition(" AS ")
-            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], base)
-            current = Stage(base=base, name=name.strip())
-            stages[current.name] = current
-        elif current is None and instruction == "ARG":
-            key, _, value = rest.partition("=")
-            global_args[key] = value
-        elif current is not None:
-            current.instructions.append((instruction, rest))
-    return stages
-
-
-def dockerfile_env(stage: str) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for rest in dockerfile_stages()[stage].args("ENV"):
-        for item in shlex.split(rest):
-            key, _, value = item.partition("=")
-            env[key] = value
-    return env
-
-
-def dockerignore_patterns() -> list[str]:
-    lines = (ROOT / ".dockerignore").read_text().splitlines()
-    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
-
-
-def ignored(path: str, patterns: list[str]) -> bool:
-    """Docker's rule: a pattern excludes a path when it matches it or one of its parents."""
-    parts = path.split("/")
-    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    for pattern in patterns:
-        bare = pattern.removeprefix("**/")
-        for prefix in prefixes:
-            if fnmatch.fnmatchcase(prefix, pattern) or fnmatch.fnmatchcase(
-                prefix.split("/")[-1] if pattern.startswith("**/") else prefix, bare
-            ):
-                return True
-    return False
-
-
-def test_dockerfile_has_a_slim_api_target_and_a_cuda_worker_target() -> None:
-    stages = dockerfile_stages()
-    assert set(stages) == {"api", "worker", "gpu-worker"}
-
-    api = stages["api"]
-    assert api.base.startswith("python:") and "slim" in api.base
-    api_runs = " ".join(api.args("RUN"))
-    assert re.search(r"pip install \.(\s|&&|$)", api_runs), "the api installs the base package"
-    for heavy in ("torch", "demucs", "[worker]", "nvidia", "cuda"):
-        assert heavy not in api_runs, f"{heavy} in the api image"
-    assert json.loads(api.args("CMD")[-1]) == ["stemfleet", "api"]
-    assert_cli_command(json.loads(api.args("CMD")[-1]))
-
-    worker = stages["worker"]
-    assert worker.base.startswith("nvidia/cuda:")
-    worker_runs = worker.args("RUN")
-    assert "pip install ${TORCH_SPEC}" in worker_runs, "torch comes from TORCH_SPEC only"
-    args = dict(a.partition("=")[::2] for a in worker.args("ARG"))
-    assert re.search(r"/whl/cu\d+$", args["TORCH_INDEX"]), "torch built for CUDA by default"
-    assert args["TORCH_SPEC"] == '"torch==${TORCH_VERSION} --index-url ${TORCH_INDEX}"'
-    # torch is installed before the package, so pip never resolves torch itself
-    order = [i for i, r in enumerate(worker_runs) if "TORCH_SPEC" in r or '".[worker]"' in r]
-    assert len(order) == 2 and order[0] < order[1]
-    fetch = next(r for r in worker_runs if "scripts/fetch_model.py" in r)
-    assert "--dest /models" in fetch and "--random-weights" not in fetch
-    env = dockerfile_env("worker")
-    assert env["STEMFLEET_MODEL_REPO"] == "/models"
-    assert env["HF_HUB_OFFLINE"] == "1", "a cold start never waits on the hub"
-    assert json.loads(worker.args("CMD")[-1]) == ["stemfleet", "worker"]
-    assert_cli_command(json.loads(worker.args("CMD")[-1]))
-
-    gpu = stages["gpu-worker"]
-    assert gpu.base == "worker", "the GPU worker is the worker image, checked and configured"
-    check = " ".join(gpu.args("RUN"))
-    assert "torch.version.cuda" in check and "sys.exit" in check, "no CPU torch in a GPU image"
-    gpu_env = dockerfile_env("gpu-worker")
-    assert gpu_env["STEMFLEET_DEVICE"] == "cuda" and gpu_env["STEMFLEET_REQUIRE_GPU"] == "true"
-    assert load_settings(device="cuda", require_gpu=True).require_gpu
-    assert_known_settings(gpu_env, "Dockerfile gpu-worker")
-    assert json.loads(gpu.args("CMD")[-1]) == ["stemfleet", "worker"]
-
-    for stage in (s for s in stages.values() if s.base not in stages):
-        assert stage.args("USER") == ["stemfleet"], "images run unprivileged"
-        env = dockerfile_env(stage.name)
-        # `pip install .` puts the code in site-packages: migrations are read from the copy
-        assert env["STEMFLEET_MIGRATIONS_DIR"] == "/app/supabase/migrations"
-        assert "supabase/migrations ./supabase/migrations" in stage.args("COPY")
-        assert_known_settings(env, f"Dockerfile {stage.name}")
-
-
-def test_every_copied_path_exists_and_reaches_the_build_context() -> None:
-    patterns = dockerignore_patterns()
-    for stage in dockerfile_stages().values():
-        for copy_args in stage.args("COPY"):
-            *sources, _dest = copy_args.split()
-            for source in sources:
-                assert (ROOT / source).exists(), f"COPY {source}: no such path"
-                files = (
-                    [ROOT / source]
-                    if (ROOT / source).is_file()
-                    else [p for p in (ROOT / source).rglob("*") if p.is_file()]
-                )
-                kept = [f for f in files if not ignored(str(f.relative_to(ROOT)), patterns)]
-                assert kept, f"COPY {source}: everything is excluded by .dockerignore"
-                if (ROOT / source).is_file():
-                    assert kept == files, f"COPY {source} is excluded by .dockerignore"
-    for heavy in (".git", ".venv", "tests", "bench", "models/htdemucs.yaml", "x/__pycache__/a.pyc"):
-        assert ignored(heavy, patterns), f"{heavy} would be sent to the builder"
 
 
 # --- supabase/config.toml -------------------------------------------------------------------------

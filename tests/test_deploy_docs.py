@@ -1,8 +1,9 @@
-"""docs/deploy.md and docs/operations.md, run: every block marked runs="here" runs against a real
-API process (`stemfleet api` on loopback), Postgres, moto's S3 server and, for the deploy guide, a
-real worker (`stemfleet worker`, a tiny model from scripts/fetch_model.py). Blocks that need a Fly
-or Supabase account, a Docker engine or promtool are checked statically: shell syntax, setting
-names, app names, Docker targets, files, and the supabase-py example's table and columns."""
+"""docs/deploy.md, run: every block marked runs="here" runs against a real API process
+(`stemfleet api` on loopback), Postgres, moto's S3 server and a real worker (`stemfleet worker`, a
+tiny model from scripts/fetch_model.py). Blocks that need a Fly or Supabase account, a Docker
+engine or promtool are checked statically: shell syntax, setting names, app names, Docker targets,
+files, and the supabase-py example's table and columns. docs/operations.md: test_operations_docs.py.
+"""
 
 from __future__ import annotations
 
@@ -10,37 +11,21 @@ import ast
 import re
 import subprocess
 import sys
-import time
 import tomllib
-import uuid
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-import jwt
-import promql_parser
-import pytest
-import yaml
-from psycopg import sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from app.clock import FakeClock
-from app.db import Connection, as_user, connect
-from app.pgserver import free_port
-from app.queue import Queue
+from app.db import Connection, connect
 from app.settings import ENV_PREFIX, Settings
 from scaler.providers.runpod_settings import PREFIX as RUNPOD_PREFIX
 from scaler.providers.runpod_settings import RunPodSettings
-from tests.audio_fixtures import write_clip
 from tests.deploy_support import (
     CRON_NET_VAULT_STANDIN,
     DOCS,
     ROOT,
     RUNS,
-    Block,
-    Process,
     bash_script,
     block,
     blocks,
@@ -50,131 +35,23 @@ from tests.deploy_support import (
     run_bash,
     running,
 )
-from tests.s3_support import new_bucket_env
-from tests.worker_helpers import libpq_url
+from tests.docs_support import (
+    SECRETS_BLOCK,
+    USER,
+    api,
+    docs_db,
+    docs_s3,
+    fleet_env,
+    here,
+    run_sql,
+    workdir,
+)
 
-JWT_SECRET = "docs-test-project-jwt-secret-of-32-chars-or-more"
-USER = uuid.UUID("00000000-0000-4000-8000-00000000d0c5")
-RUNBOOK_USER = uuid.UUID("00000000-0000-4000-8000-0000000000b5")
-SECRETS_BLOCK = "Generate the service token and the webhook secret"
+# the shared fixtures this module uses, and those they depend on
+__all__ = ["api", "docs_db", "docs_s3", "workdir"]
+
 NON_SETTINGS = {"STEMFLEET_MIGRATIONS_DIR", "STEMFLEET_TEST_DATABASE_URL"}
 WORKER_APP = "stemfleet-workers"
-
-
-def user_token() -> str:
-    now = int(time.time())
-    claims = {"sub": str(USER), "aud": "authenticated", "role": "authenticated"}
-    return jwt.encode({**claims, "iat": now, "exp": now + 3600}, JWT_SECRET, algorithm="HS256")
-
-
-def generated_secrets(workdir: Path) -> dict[str, str]:
-    """Run the docs' secret generation and read back what it produced."""
-    script = (
-        block("deploy.md", SECRETS_BLOCK).body
-        + 'printf "%s\\n%s\\n" "$SERVICE_TOKEN" "$WEBHOOK_SECRET"\n'
-    )
-    out = run_bash("set -euo pipefail\n" + script, env=child_env({}), cwd=workdir, timeout=30)
-    service_token, webhook_secret = out.split()
-    return {"SERVICE_TOKEN": service_token, "WEBHOOK_SECRET": webhook_secret}
-
-
-def fleet_env(db_url: str, s3_env: dict[str, str], data_dir: Path) -> dict[str, str]:
-    return {
-        **s3_env,
-        "STEMFLEET_DATABASE_URL": libpq_url(db_url),
-        "STEMFLEET_DATA_DIR": str(data_dir),
-        "STEMFLEET_LOG_JSON": "true",
-    }
-
-
-def start_api(env: dict[str, str], workdir: Path) -> tuple[Process, str]:
-    port = free_port()
-    argv = [sys.executable, "-m", "app.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
-    process = Process(argv, env=child_env(env), cwd=workdir, log=workdir / "api.log")
-    process.wait_for_line(r"(?i)application startup complete", timeout=90)
-    return process, f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    path = tmp_path / "work"
-    path.mkdir()
-    write_clip(path / "song.mp3", 3.0)
-    return path
-
-
-@pytest.fixture(scope="module")
-def docs_db(pg_admin_url: str, template_db: str) -> Iterator[str]:
-    """One migrated database for the API all the docs' blocks talk to."""
-    name = f"docs_{uuid.uuid4().hex[:12]}"
-    with connect(pg_admin_url) as conn:
-        conn.execute(
-            sql.SQL("create database {} template {}").format(
-                sql.Identifier(name), sql.Identifier(template_db)
-            )
-        )
-    info = conninfo_to_dict(pg_admin_url) | {"dbname": name}
-    yield libpq_url(make_conninfo(**{k: str(v) for k, v in info.items() if v is not None}))
-    with connect(pg_admin_url) as conn:
-        conn.execute(
-            sql.SQL("drop database if exists {} with (force)").format(sql.Identifier(name))
-        )
-
-
-@pytest.fixture(scope="module")
-def docs_s3(s3_server: str) -> dict[str, str]:
-    return new_bucket_env(s3_server)
-
-
-@pytest.fixture(scope="module")
-def api(
-    docs_db: str, docs_s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[str, str]]:
-    """The API as Fly runs it (`stemfleet api`), configured with the secrets the guide generates;
-    yields the environment the docs' shell blocks expect. One for the whole module."""
-    home = tmp_path_factory.mktemp("docs-api")
-    secrets = generated_secrets(home)
-    env = fleet_env(docs_db, docs_s3, home / "data") | {
-        "STEMFLEET_JWT_SECRET": JWT_SECRET,
-        "STEMFLEET_SERVICE_TOKEN": secrets["SERVICE_TOKEN"],
-        "STEMFLEET_WEBHOOK_SECRET": secrets["WEBHOOK_SECRET"],
-        # the fleet's model, as the API writes it into each job (fly.toml [env] and the machine
-        # template name the same one); the worker below loads it from its model folder
-        "STEMFLEET_MODEL": "tiny",
-        # POST /v1/admin/scaler/run runs `stemfleet scaler once`: the local provider, no room
-        "STEMFLEET_PROVIDER": "local",
-        "STEMFLEET_MAX_MACHINES": "0",
-    }
-    process, url = start_api(env, home)
-    try:
-        yield env | secrets | {"API": url, "TOKEN": user_token()}
-    finally:
-        process.stop()
-
-
-def here(doc: str) -> list[Block]:
-    return [b for b in blocks(doc) if b.runs == "here"]
-
-
-def run_sql(conn: Connection, statement: str, role: str | None) -> list[list[dict[str, Any]]]:
-    """All result sets of a block, as the service (superuser), or as an end user the way
-    PostgREST runs a request."""
-    results: list[list[dict[str, Any]]] = []
-
-    def collect() -> None:
-        cursor = conn.execute(statement)
-        while True:
-            results.append(cursor.fetchall() if cursor.description else [])
-            if not cursor.nextset():
-                break
-
-    if role == "authenticated":
-        with as_user(conn, str(USER)):
-            collect()
-    else:
-        collect()
-    return results
-
 
 # --- every block is labelled, and those that cannot run here are at least well-formed -------------
 
@@ -343,134 +220,3 @@ def test_the_schedule_s_request_is_accepted_by_the_api(
     assert answer.json()["ok"] is True
     wrong = httpx.post(sent["url"], headers={"Authorization": "Bearer nope"}, timeout=30)
     assert wrong.status_code in (401, 403)
-
-
-# --- the runbook, run -----------------------------------------------------------------------------
-
-
-def runbook_state(db_url: str) -> dict[str, str]:
-    """The situations the runbook handles, made with the queue's own functions: a job whose
-    worker died (lease expired), a running job to cancel, an input that killed its worker on
-    every attempt and has another job queued, and a live worker to drain."""
-    clock = FakeClock(datetime.now(UTC) - timedelta(minutes=10))
-    past = Queue(clock)
-    live = Queue()
-    sha = "ab" * 32
-    with connect(db_url) as conn:
-        dead = past.register_worker(conn, machine_id="machine-dead")
-        stuck, _ = past.enqueue(
-            conn, user_id=RUNBOOK_USER, input_key=f"inputs/{RUNBOOK_USER}/stuck.mp3"
-        )
-        past.claim(conn, dead.id, lease=60)
-
-        poison, _ = past.enqueue(
-            conn,
-            user_id=RUNBOOK_USER,
-            input_key=f"inputs/{RUNBOOK_USER}/poison.mp3",
-            input_sha256=sha,
-            max_attempts=1,
-        )
-        past.claim(conn, dead.id, lease=1)
-        clock.advance(30)  # the poisoned job's 1 s lease is over, the stuck job's 60 s is not
-        reaped = past.reap(conn)
-        assert [(r.job_id, r.status) for r in reaped] == [(poison.id, "failed")]
-        again, _ = live.enqueue(
-            conn,
-            user_id=RUNBOOK_USER,
-            input_key=f"inputs/{RUNBOOK_USER}/poison-again.mp3",
-            input_sha256=sha,
-        )
-
-        worker = live.register_worker(conn, machine_id="machine-live")
-        busy, _ = live.enqueue(
-            conn, user_id=RUNBOOK_USER, input_key=f"inputs/{RUNBOOK_USER}/busy.mp3", priority=99
-        )
-        claimed = live.claim(conn, worker.id, lease=600)
-        assert [j.id for j in claimed] == [busy.id]
-    return {
-        "<job id>": str(busy.id),
-        "<worker id>": str(worker.id),
-        "<sha256>": sha,
-        "stuck": str(stuck.id),
-        "again": str(again.id),
-    }
-
-
-def test_the_runbook_runs_against_a_live_api_and_database(
-    api: dict[str, str], docs_db: str, workdir: Path
-) -> None:
-    state = runbook_state(docs_db)
-    steps = here("operations.md")
-    outputs: dict[str, list[list[dict[str, Any]]]] = {}
-    with connect(docs_db) as conn:
-        for step in (b for b in steps if b.lang == "sql"):
-            statement = step.body
-            for placeholder in ("<job id>", "<worker id>", "<sha256>"):
-                statement = statement.replace(placeholder, state[placeholder])
-            assert not re.search(r"<[a-z0-9 ]+>", statement), f"{step.title}: placeholder left"
-            outputs[step.title] = run_sql(conn, statement, step.attrs.get("role"))
-
-    leases = {
-        str(r["id"]): r["lease_expired"] for r in outputs["Running jobs and their leases"][-1]
-    }
-    assert (leases[state["stuck"]], leases[state["<job id>"]]) == (True, False)
-    assert state["stuck"] in {str(r["job_id"]) for r in outputs["Reap expired leases now"][-1]}
-    assert outputs["Cancel one job"][-1][0]["status"] == "cancelled"
-    poisoned = {r["input_sha256"]: r for r in outputs["Inputs that kill workers"][-1]}
-    assert poisoned[state["<sha256>"]]["jobs"] == 1
-    assert poisoned[state["<sha256>"]]["users"] == [RUNBOOK_USER]
-    assert [(str(r["id"]), r["status"]) for r in outputs["Cancel every job of one input"][-1]] == [
-        (state["again"], "cancelled")
-    ]
-    drained, undrained = outputs["Drain and undrain one worker"]
-    assert drained[0]["draining"] is True and undrained[0]["draining"] is False
-    depth = outputs["The admin views"][0]
-    assert {(r["status"], r["kind"]) for r in depth} >= {
-        ("failed", "separate"),
-        ("running", "separate"),
-    }
-
-    bash = [b for b in steps if b.lang == "bash"]
-    out = run_bash(bash_script(bash), env=child_env(api), cwd=workdir, timeout=300)
-    assert "stemfleet_database_up 1.0" in out
-    assert "machine-live" in out
-
-
-def metric_names(expr: str) -> list[str]:
-    """The metrics a PromQL expression reads (parsing it: a syntax error raises)."""
-    names: list[str] = []
-
-    def collect(node: Any, *_: Any) -> bool:
-        if isinstance(node, promql_parser.VectorSelector) and node.name:
-            names.append(node.name)
-        return True
-
-    promql_parser.walk(promql_parser.parse(expr), collect)
-    return names
-
-
-def test_every_alert_is_valid_promql_on_served_metrics_and_explained(api: dict[str, str]) -> None:
-    rules = yaml.safe_load((ROOT / "deploy/alerts.yml").read_text())["groups"][0]["rules"]
-    served = httpx.get(api["API"] + "/metrics", timeout=30).text
-    families = set(re.findall(r"^# TYPE (\w+) (\w+)", served, re.M))
-    names = {name for name, _ in families}
-    names |= {
-        f"{name}_{suffix}"
-        for name, kind in families
-        if kind == "histogram"
-        for suffix in ("bucket", "count", "sum")
-    }
-    runbook = (ROOT / "docs/operations.md").read_text()
-    headings = {h.strip().lower() for h in re.findall(r"^### (\w+)$", runbook, re.M)}
-
-    assert len({r["alert"] for r in rules}) == len(rules)
-    for rule in rules:
-        used = metric_names(rule["expr"])
-        assert used, rule["alert"]
-        assert set(used) - {"up"} <= names, (rule["alert"], set(used) - names)
-        assert rule["labels"]["severity"] in ("page", "warn")
-        assert rule["annotations"]["summary"]
-        anchor = rule["annotations"]["runbook"]
-        assert anchor == f"docs/operations.md#{rule['alert'].lower()}"
-        assert rule["alert"].lower() in headings, f"no runbook section for {rule['alert']}"
-        assert re.fullmatch(r"\d+[smh]", rule["for"]), rule["for"]

@@ -51,33 +51,33 @@ def refused(conn: Connection, user: uuid.UUID, name: str) -> bool:
 # --- a bare Postgres: nothing happens -------------------------------------------------------------
 
 
-def test_the_deploy_migrations_are_no_ops_on_a_bare_postgres(conn: Connection) -> None:
+def test_the_deploy_migrations_are_no_ops_on_a_bare_postgres(tx: Connection) -> None:
     versions = {
         r["version"]
-        for r in conn.execute("select version from supabase_migrations.schema_migrations")
+        for r in tx.execute("select version from supabase_migrations.schema_migrations")
     }
     assert versions >= DEPLOY_MIGRATIONS
     assert {m.version for m in list_migrations()} >= DEPLOY_MIGRATIONS
-    row = conn.execute(
+    row = tx.execute(
         "select to_regnamespace('storage') as storage, to_regnamespace('cron') as cron, "
         "to_regnamespace('net') as net"
     ).fetchone()
     assert row == {"storage": None, "cron": None, "net": None}
-    extensions = {r["extname"] for r in conn.execute("select extname from pg_extension")}
+    extensions = {r["extname"] for r in tx.execute("select extname from pg_extension")}
     assert not extensions & {"pg_cron", "pg_net"}
 
     # The schedule's functions exist and stay harmless: dormant without a URL, and scheduling
     # says what is missing.
-    assert conn.execute("select admin.scaler_tick() as id").fetchone() == {"id": None}
-    assert conn.execute("select admin.unschedule_scaler() as done").fetchone() == {"done": False}
+    assert tx.execute("select admin.scaler_tick() as id").fetchone() == {"id": None}
+    assert tx.execute("select admin.unschedule_scaler() as done").fetchone() == {"done": False}
     with pytest.raises(psycopg.errors.FeatureNotSupported, match="pg_cron is not enabled"):
-        conn.execute("select admin.schedule_scaler()")
+        tx.execute("select admin.schedule_scaler()")
 
 
-def test_users_cannot_call_the_schedule_functions(conn: Connection) -> None:
+def test_users_cannot_call_the_schedule_functions(tx: Connection) -> None:
     for function in ("admin.scaler_tick()", "admin.schedule_scaler()"):
-        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(conn, str(ALICE)):
-            conn.execute(f"select {function}")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(tx, str(ALICE)):
+            tx.execute(f"select {function}")
 
 
 # --- with Supabase Storage: the bucket and who may touch what -------------------------------------
@@ -228,8 +228,8 @@ def insert_job_as(conn: Connection, user: uuid.UUID, key: str) -> dict[str, Any]
     return row
 
 
-def test_a_user_job_must_name_one_of_their_own_uploads(conn: Connection) -> None:
-    assert insert_job_as(conn, ALICE, f"inputs/{ALICE}/song.mp3") == {
+def test_a_user_job_must_name_one_of_their_own_uploads(tx: Connection) -> None:
+    assert insert_job_as(tx, ALICE, f"inputs/{ALICE}/song.mp3") == {
         "user_id": ALICE,
         "status": "queued",
     }
@@ -241,9 +241,9 @@ def test_a_user_job_must_name_one_of_their_own_uploads(conn: Connection) -> None
         "song.mp3",
     ):
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="not one of your uploads"):
-            insert_job_as(conn, ALICE, key)
+            insert_job_as(tx, ALICE, key)
     # the service (API, admins) may enqueue any key
-    job, _ = Queue().enqueue(conn, user_id=ALICE, input_key=f"inputs/{BOB}/shared.mp3")
+    job, _ = Queue().enqueue(tx, user_id=ALICE, input_key=f"inputs/{BOB}/shared.mp3")
     assert job.status == "queued"
 
 
@@ -261,10 +261,10 @@ def published_tables(conn: Connection) -> set[str]:
 
 
 def test_the_jobs_table_is_published_to_realtime_where_supabase_has_it(
-    fresh_database: Any, conn: Connection
+    fresh_database: Any, tx: Connection
 ) -> None:
     # a bare Postgres: no publication is made up
-    assert conn.execute(
+    assert tx.execute(
         "select count(*) as n from pg_publication where pubname = 'supabase_realtime'"
     ).fetchone() == {"n": 0}
 
