@@ -83,55 +83,33 @@ def failure(state: RetryCallState) -> BaseException | None:
     return state.outcome.exception() if state.outcome is not None else None
 
 
-def retrying(
-    *,
-    on: Retried,
-    wait: Wait,
-    sleep: Sleep,
-    log: Any | None,
-    event: str,
-    attempts: int | None = None,
-    until: threading.Event | None = None,
-    traceback: Callable[[BaseException], bool] | None = None,
-    **fields: Any,
-) -> Retrying:
-    """A tenacity `Retrying` (iterate it, or call it with the function and its arguments).
-    `traceback(exc)`: whether the retry's log line carries the traceback; `fields` join it."""
+def retrying(*, sleep: Sleep, **policy: Any) -> Retrying:
+    """A tenacity `Retrying` (iterate it, or call it with the function and its arguments);
+    `policy`: the keywords of `_policy`."""
 
     def nap(seconds: float) -> None:  # what the sleep returns (an event wait's bool) is ignored
         sleep(seconds)
 
-    return Retrying(sleep=nap, **_policy(on, wait, log, event, attempts, until, traceback, fields))
+    return Retrying(sleep=nap, **_policy(**policy))
 
 
-def async_retrying(
+def async_retrying(*, sleep: AsyncSleep, **policy: Any) -> AsyncRetrying:
+    """`retrying` for a coroutine (iterate it with `async for`)."""
+    return AsyncRetrying(sleep=sleep, **_policy(**policy))
+
+
+def _policy(
     *,
     on: Retried,
     wait: Wait,
-    sleep: AsyncSleep,
     log: Any | None,
     event: str,
     attempts: int | None = None,
     until: threading.Event | None = None,
     traceback: Callable[[BaseException], bool] | None = None,
     **fields: Any,
-) -> AsyncRetrying:
-    """`retrying` for a coroutine (iterate it with `async for`)."""
-    return AsyncRetrying(
-        sleep=sleep, **_policy(on, wait, log, event, attempts, until, traceback, fields)
-    )
-
-
-def _policy(
-    on: Retried,
-    wait: Wait,
-    log: Any | None,
-    event: str,
-    attempts: int | None,
-    until: threading.Event | None,
-    traceback: Callable[[BaseException], bool] | None,
-    fields: dict[str, Any],
 ) -> dict[str, Any]:
+    """`traceback(exc)`: whether the retry's log line carries the traceback; `fields` join it."""
     if isinstance(on, type | tuple):
         types = on
         retried: Callable[[BaseException], bool] = lambda exc: isinstance(exc, types)  # noqa: E731

@@ -137,25 +137,18 @@ def test_hinted_waits_what_the_failure_asks_else_the_fallback() -> None:
 
 
 def test_jittered_is_half_to_all_of_the_exponential_from_the_given_random_source() -> None:
-    slept: list[float] = []
-    retrying(
-        on=OSError,
-        wait=jittered(0.5, 30.0, random.Random(7)),
-        sleep=slept.append,
-        log=None,
-        event="x",
-    )(Flaky(*[OSError()] * 8))
+    def waits(seed: int) -> list[float]:
+        slept: list[float] = []
+        jitter = jittered(0.5, 30.0, random.Random(seed))
+        retrying(on=OSError, wait=jitter, sleep=slept.append, log=None, event="x")(
+            Flaky(*[OSError()] * 8)
+        )
+        return slept
+
+    slept = waits(7)
     ceilings = [min(30.0, 0.5 * 2**n) for n in range(8)]
     assert all(c / 2 <= s <= c for s, c in zip(slept, ceilings, strict=True))
-    again: list[float] = []
-    retrying(
-        on=OSError,
-        wait=jittered(0.5, 30.0, random.Random(7)),
-        sleep=again.append,
-        log=None,
-        event="x",
-    )(Flaky(*[OSError()] * 8))
-    assert again == slept  # deterministic under a seed
+    assert waits(7) == slept  # deterministic under a seed
 
 
 def test_the_traceback_is_logged_only_where_asked(logs: pytest.CaptureFixture[str]) -> None:
