@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shutil
 import sys
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     from tests.api_support import api_settings
 
     configure("WARNING", json=True)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's request lines
     work = Path(tempfile.mkdtemp(prefix="stemfleet-job-path-"))
     recorder = PathRecorder()
     try:
