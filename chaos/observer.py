@@ -10,6 +10,7 @@ succeeded back to running, or succeeded in two attempts, shows.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ import psycopg
 
 from app.db import Connection, Listener, connect
 from app.queue import EVENTS_CHANNEL, Job, Queue
+from app.retry import fixed, retrying
 
 RECONNECT_PAUSE = 0.2
 
@@ -104,21 +106,32 @@ class JobObserver:
 
     # --- the thread -------------------------------------------------------------------------
     def _run(self) -> None:
-        while not self._stop.is_set():
-            connected = False
-            try:
-                with (
-                    Listener(self.url, [EVENTS_CHANNEL], name="chaos-observer") as listener,
-                    connect(self.url, application_name="chaos-observer") as conn,
-                ):
-                    with self._changed:
-                        self._pending.update(self.history)  # whatever changed while away
-                    connected = True
-                    self._follow(listener, conn)
-            except psycopg.Error:
-                if connected:
-                    self.disconnects += 1
-                self._stop.wait(RECONNECT_PAUSE)
+        with contextlib.suppress(psycopg.Error):  # raised only once the observer stops
+            retrying(
+                on=psycopg.Error,
+                wait=fixed(RECONNECT_PAUSE),
+                sleep=self._stop.wait,
+                until=self._stop,
+                log=None,  # counted in `disconnects`
+                event="chaos_observer_reconnect",
+            )(self._session)
+
+    def _session(self) -> None:
+        """Follow the changes until the observer stops or the connection fails."""
+        connected = False
+        try:
+            with (
+                Listener(self.url, [EVENTS_CHANNEL], name="chaos-observer") as listener,
+                connect(self.url, application_name="chaos-observer") as conn,
+            ):
+                with self._changed:
+                    self._pending.update(self.history)  # whatever changed while away
+                connected = True
+                self._follow(listener, conn)
+        except psycopg.Error:
+            if connected:
+                self.disconnects += 1
+            raise
 
     def _follow(self, listener: Listener, conn: Connection) -> None:
         while not self._stop.is_set():

@@ -27,6 +27,7 @@ from app.client import ApiClient, ApiClientError
 from app.db import connect
 from app.params import JobParams
 from app.queue import Job
+from app.retry import fixed, hinted, retrying
 from chaos import checks
 from chaos.faults import DECK, FaultLog, Faults
 from chaos.report import Outcome, print_figures
@@ -175,18 +176,22 @@ def _submit(
 ) -> uuid.UUID | None:
     """The job's id once the API accepts it; retried (same idempotency key) on 5xx / no answer."""
     key = uuid.uuid4().hex
-    error: ApiClientError | None = None
-    for _ in range(SUBMIT_TRIES):
-        try:
-            job = client.submit_file(clip, params, callback_url=callback, idempotency_key=key)
-            return uuid.UUID(str(job["id"]))
-        except ApiClientError as exc:
-            error = exc
-            if exc.status and exc.status < 500 and exc.status != 429:
-                break
-            time.sleep(exc.retry_after or 1.0)
-    submitted.refused.append(f"{clip.name}: {error}")
-    return None
+    try:
+        job = retrying(
+            on=lambda exc: (
+                isinstance(exc, ApiClientError)
+                and (not exc.status or exc.status >= 500 or exc.status == 429)
+            ),
+            wait=hinted(lambda exc: getattr(exc, "retry_after", None) or None, fixed(1.0)),
+            sleep=time.sleep,
+            attempts=SUBMIT_TRIES,
+            log=None,  # the refusal is reported with the run
+            event="chaos_submit_retry",
+        )(client.submit_file, clip, params, callback_url=callback, idempotency_key=key)
+    except ApiClientError as exc:
+        submitted.refused.append(f"{clip.name}: {exc}")
+        return None
+    return uuid.UUID(str(job["id"]))
 
 
 def _settle(

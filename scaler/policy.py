@@ -23,12 +23,26 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from app.settings import Settings
-from scaler.model import Action, Backlog, Fleet, Machine, Plan, Spend
+from scaler.model import Action, ActionKind, Backlog, Direction, Fleet, Machine, Plan, Spend
 from scaler.seeing import Slot, age, fmt_duration, hourly_price, see, shown
 
 __all__ = ["fmt_duration", "hourly_price", "plan"]
 
 _EPS = 1e-9
+
+
+def on_slot(kind: ActionKind, reason: str, direction: Direction, slot: Slot) -> Action:
+    """An action on the machine of `slot` (and its worker, where it has one)."""
+    worker = slot.fm.worker
+    return Action(
+        kind,
+        reason,
+        direction,
+        machine_id=slot.machine.id,
+        worker_id=worker.id if worker else None,
+        size=slot.machine.size,
+        hourly_usd=slot.machine.hourly_usd,
+    )
 
 
 @dataclass
@@ -70,36 +84,14 @@ class _Planner:
         if action.kind == "stop" and action.machine_id:
             self.stopping.add(action.machine_id)
 
-    def stop(self, slot: Slot, reason: str, direction: str) -> None:
+    def stop(self, slot: Slot, reason: str, direction: Direction) -> None:
         if slot.holds_job or slot.machine.id in self.stopping:
             return
-        worker = slot.fm.worker
-        self.add(
-            Action(
-                "stop",
-                reason,
-                "down" if direction == "down" else "repair",
-                machine_id=slot.machine.id,
-                worker_id=worker.id if worker else None,
-                size=slot.machine.size,
-                hourly_usd=slot.machine.hourly_usd,
-            )
-        )
+        self.add(on_slot("stop", reason, direction, slot))
 
     def drain(self, slot: Slot, reason: str) -> None:
-        worker = slot.fm.worker
-        assert worker is not None
-        self.add(
-            Action(
-                "drain",
-                reason,
-                "down",
-                machine_id=slot.machine.id,
-                worker_id=worker.id,
-                size=slot.machine.size,
-                hourly_usd=slot.machine.hourly_usd,
-            )
-        )
+        assert slot.fm.worker is not None
+        self.add(on_slot("drain", reason, "down", slot))
         slot.role = "draining_busy" if slot.role == "busy" else "draining_idle"
 
     def repairs(self) -> None:
@@ -240,19 +232,8 @@ class _Planner:
         ):
             if added == want:
                 break
-            worker = slot.fm.worker
-            assert worker is not None
-            self.add(
-                Action(
-                    "undrain",
-                    f"{reason}: taking back a draining worker",
-                    "up",
-                    machine_id=slot.machine.id,
-                    worker_id=worker.id,
-                    size=slot.machine.size,
-                    hourly_usd=slot.machine.hourly_usd,
-                )
-            )
+            assert slot.fm.worker is not None
+            self.add(on_slot("undrain", f"{reason}: taking back a draining worker", "up", slot))
             slot.role = "idle" if slot.role == "draining_idle" else "busy"
             added += 1
         billed = len(self.slots)

@@ -25,6 +25,7 @@ from psycopg_pool import PoolTimeout
 
 from app.db import Connection
 from app.errors import JobNotFound, LeaseLost
+from app.retry import exponential, retrying
 from app.storage import output_key
 from worker.failures import classify
 from worker.leases import HeldJob
@@ -33,7 +34,7 @@ from worker.shared import Context, Outcome, OutcomeStatus, Separated, queue_wait
 
 T = TypeVar("T")
 
-FINISH_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0)
+FINISH_TRIES, FINISH_RETRY_FIRST, FINISH_RETRY_CAP = 5, 0.5, 4.0  # waits 0.5, 1, 2, 4 s
 CONTENT_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg"}
 
 
@@ -188,19 +189,27 @@ class Completer:
         """Run a finishing queue call; retry while the database is unreachable (the lease still
         protects the job), turn LeaseLost into the right outcome."""
         ctx = self.ctx
-        for delay in (*FINISH_RETRY_DELAYS, None):
+
+        def once() -> T:
             try:
                 with ctx.pool.connection() as conn:
                     return call(conn)
             except (LeaseLost, JobNotFound) as exc:  # JobNotFound: the row was deleted
                 raise _Unfinished(self._lease_lost_outcome(held, str(exc))) from exc
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                if delay is None:
-                    ctx.log.error("job_finish_abandoned", job_id=str(held.id), error=str(exc))
-                    raise _Unfinished(Outcome(held.id, "abandoned", error=str(exc))) from exc
-                ctx.log.warning("job_finish_retry", job_id=str(held.id), error=str(exc))
-                ctx.clock.wait(threading.Event(), delay)
-        raise AssertionError("unreachable")
+
+        try:
+            return retrying(
+                on=(psycopg.OperationalError, PoolTimeout),
+                wait=exponential(FINISH_RETRY_FIRST, FINISH_RETRY_CAP),
+                sleep=lambda seconds: ctx.clock.wait(threading.Event(), seconds),
+                attempts=FINISH_TRIES,
+                log=ctx.log,
+                event="job_finish_retry",
+                job_id=str(held.id),
+            )(once)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            ctx.log.error("job_finish_abandoned", job_id=str(held.id), error=str(exc))
+            raise _Unfinished(Outcome(held.id, "abandoned", error=str(exc))) from exc
 
     def _lease_lost_outcome(self, held: HeldJob, reason: str) -> Outcome:
         status: OutcomeStatus = "lease_lost"

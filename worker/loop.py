@@ -46,6 +46,7 @@ from app.errors import JobNotFound
 from app.log import get_logger
 from app.params import fleet_model_names
 from app.queue import Queue
+from app.retry import exponential, retrying
 from app.settings import Settings
 from app.storage import Storage, storage_from_settings
 from worker.completer import Completer
@@ -63,6 +64,7 @@ __all__ = ["ExitReason", "Outcome", "OutcomeStatus", "Worker"]
 ExitReason = Literal["stopped", "idle", "drained", "deregistered"]
 
 MAX_DB_RETRY_DELAY = 30.0
+DATABASE_DOWN = (psycopg.OperationalError, PoolTimeout)
 FINAL_UPLOAD_WAIT = 1.0  # seconds close() still gives an upload whose job it released
 
 
@@ -258,24 +260,25 @@ class Worker:
         self.start()
         stop = self._shared.stop
         reason: ExitReason = "stopped"
-        delay = 0.5
+        # A failing turn is tried again with backoff: the database away, or the loop's own
+        # machinery (jobs' own errors never get here; that one logs its traceback). The process
+        # stays up, since a restart would lose the warm model.
+        turns = retrying(
+            on=Exception,
+            wait=exponential(0.5, MAX_DB_RETRY_DELAY),
+            sleep=lambda seconds: self.clock.wait(stop, seconds),
+            until=stop,
+            log=self.log,
+            event="worker_loop_retry",
+            traceback=lambda exc: not isinstance(exc, DATABASE_DOWN),
+        )
         try:
             while not stop.is_set():
                 try:
-                    step = self._loop_step(self._require_started())
-                except (psycopg.OperationalError, PoolTimeout) as exc:
-                    self.log.warning("database_unavailable", error=str(exc), retry_in=delay)
-                    self.clock.wait(stop, delay)
-                    delay = min(delay * 2, MAX_DB_RETRY_DELAY)
-                    continue
-                except Exception:
-                    # Jobs' own errors never get here; this is the loop's machinery failing.
-                    # Keep the process up (a restart would lose the warm model) but slow down.
-                    self.log.exception("worker_loop_error", retry_in=delay)
-                    self.clock.wait(stop, delay)
-                    delay = min(delay * 2, MAX_DB_RETRY_DELAY)
-                    continue
-                delay = 0.5
+                    step = turns(lambda: self._loop_step(self._require_started()))
+                except Exception as exc:  # raised only once a stop is requested
+                    self.log.warning("worker_loop_error_while_stopping", error=str(exc))
+                    break
                 if step is not None:
                     reason = step
                     break

@@ -18,6 +18,7 @@ import psycopg
 
 from app.db import Listener
 from app.queue import QUEUED_CHANNEL
+from app.retry import exponential, retrying
 
 LISTEN_TIMEOUT = 0.25  # how long one wait on the connection lasts; bounds close()
 MAX_RECONNECT_DELAY = 30.0
@@ -47,19 +48,25 @@ class QueueWatcher:
     def _connect(self) -> Listener:
         return Listener(self._url, [QUEUED_CHANNEL], name="stemfleet-worker-listen")
 
+    def _reconnect(self) -> Listener:
+        """A new LISTEN connection, tried with backoff until it opens or the watcher closes."""
+        return retrying(
+            on=psycopg.Error,
+            wait=exponential(0.5, MAX_RECONNECT_DELAY),
+            sleep=self._closed.wait,
+            until=self._closed,
+            log=self._log,
+            event="listen_reconnect_failed",
+        )(self._connect)
+
     def _run(self) -> None:
-        delay = 0.5
         while not self._closed.is_set():
             if self._listener is None:
                 try:
-                    self._listener = self._connect()
-                except psycopg.Error as exc:
-                    self._log.warning("listen_reconnect_failed", error=str(exc), retry_in=delay)
-                    self._closed.wait(delay)
-                    delay = min(delay * 2, MAX_RECONNECT_DELAY)
-                    continue
+                    self._listener = self._reconnect()
+                except psycopg.Error:  # raised only once the watcher is closed
+                    return
                 self._log.info("listen_reconnected")
-                delay = 0.5
                 self._wake()
             try:
                 notes = self._listener.wait(LISTEN_TIMEOUT)

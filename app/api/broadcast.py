@@ -21,11 +21,11 @@ from uuid import UUID
 
 import psycopg
 from psycopg import sql
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from app.errors import StemfleetError
 from app.log import get_logger
 from app.queue import EVENTS_CHANNEL, Job
+from app.retry import AsyncSleep, async_retrying, exponential
 
 HEALTH_CHECK_INTERVAL = 30.0  # seconds without a notification before the connection is probed
 
@@ -44,7 +44,6 @@ class JobState:
 
 
 ReadStates = Callable[[list[UUID]], Awaitable[dict[UUID, JobState]]]
-Sleep = Callable[[float], Awaitable[None]]
 
 
 class TooManyStreams(StemfleetError):
@@ -99,7 +98,7 @@ class JobEventBroadcaster:
         *,
         max_streams_per_user: int,
         connect_timeout: float = 10.0,
-        sleep: Sleep = asyncio.sleep,
+        sleep: AsyncSleep = asyncio.sleep,
         health_check_interval: float = HEALTH_CHECK_INTERVAL,
     ) -> None:
         self.database_url = database_url
@@ -173,15 +172,12 @@ class JobEventBroadcaster:
 
     # --- the LISTEN connection ------------------------------------------------------------
     async def _listen_forever(self) -> None:
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type((psycopg.Error, OSError)),
-            wait=wait_exponential(multiplier=0.1, max=5.0),
+        retrying = async_retrying(
+            on=(psycopg.Error, OSError),
+            wait=exponential(0.1, 5.0),
             sleep=self.sleep,
-            before_sleep=lambda state: self.log.warning(
-                "sse_listener_reconnecting",
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
+            log=self.log,
+            event="sse_listener_reconnecting",
         )
         while True:
             async for attempt in retrying:

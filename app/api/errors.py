@@ -94,6 +94,17 @@ def validation_message(errors: list[Any]) -> str:
     return "; ".join(problems)
 
 
+# Our exceptions whose own message is the answer: their status, code and headers.
+PLAIN: dict[type[Exception], tuple[int, str, dict[str, str] | None]] = {
+    AuthError: (401, "unauthorized", {"WWW-Authenticate": "Bearer"}),
+    Forbidden: (403, "forbidden", None),
+    AuthUnavailable: (503, "auth_unavailable", {"Retry-After": "5"}),
+    JobNotFound: (404, "job_not_found", None),
+    InvalidTransition: (409, "invalid_transition", None),
+    ModelNotServed: (422, "model_not_served", None),
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
     log = get_logger()
 
@@ -124,29 +135,12 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = dict(exc.headers) if exc.headers else None
         return error_response(exc.status_code, code, message, headers=headers)
 
-    @app.exception_handler(AuthError)
-    async def _auth(request: Request, exc: AuthError) -> JSONResponse:
-        return error_response(401, "unauthorized", str(exc), headers={"WWW-Authenticate": "Bearer"})
+    async def _plain(request: Request, exc: Exception) -> JSONResponse:
+        status, code, headers = next(PLAIN[t] for t in type(exc).__mro__ if t in PLAIN)
+        return error_response(status, code, str(exc), headers=headers)
 
-    @app.exception_handler(Forbidden)
-    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
-        return error_response(403, "forbidden", str(exc))
-
-    @app.exception_handler(AuthUnavailable)
-    async def _auth_unavailable(request: Request, exc: AuthUnavailable) -> JSONResponse:
-        return error_response(503, "auth_unavailable", str(exc), headers={"Retry-After": "5"})
-
-    @app.exception_handler(JobNotFound)
-    async def _not_found(request: Request, exc: JobNotFound) -> JSONResponse:
-        return error_response(404, "job_not_found", str(exc))
-
-    @app.exception_handler(InvalidTransition)
-    async def _conflict(request: Request, exc: InvalidTransition) -> JSONResponse:
-        return error_response(409, "invalid_transition", str(exc))
-
-    @app.exception_handler(ModelNotServed)
-    async def _model_not_served(request: Request, exc: ModelNotServed) -> JSONResponse:
-        return error_response(422, "model_not_served", str(exc))
+    for plain in PLAIN:
+        app.add_exception_handler(plain, _plain)
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError) -> JSONResponse:

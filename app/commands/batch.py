@@ -20,6 +20,7 @@ from app.client import ApiClient, ApiClientError, JobDict
 from app.commands.common import reason_of
 from app.commands.progress import ProgressBoard
 from app.params import JobParams
+from app.retry import fixed, hinted, retrying
 
 DEFAULT_CONCURRENCY = 4
 QUEUE_FULL_WAIT = 30.0
@@ -182,16 +183,24 @@ class Batch:
         return ItemResult(item, True, job_id=job_id, stems=stems)
 
     def _submit(self, item: Item) -> JobDict:
-        while True:
-            try:
-                return self.client.submit_file(item.path, self.params, kind=self.kind)
-            except ApiClientError as exc:
-                if exc.status != 429 or self._stop.is_set():
-                    raise
-                wait = exc.retry_after or QUEUE_FULL_WAIT
-                self.board.update(item.name, "waiting", note=f"queue full, retrying in {wait:g}s")
-                if self._stop.wait(wait):
-                    raise
+        """Submit the file; while the queue is full (429), wait what the API asks (else
+        QUEUE_FULL_WAIT) and submit again, until a stop request."""
+
+        def wait(seconds: float) -> None:
+            note = f"queue full, retrying in {seconds:g}s"
+            self.board.update(item.name, "waiting", note=note)
+            self._stop.wait(seconds)
+
+        return retrying(
+            on=lambda exc: isinstance(exc, ApiClientError) and exc.status == 429,
+            wait=hinted(
+                lambda exc: getattr(exc, "retry_after", None) or None, fixed(QUEUE_FULL_WAIT)
+            ),
+            sleep=wait,
+            until=self._stop,
+            log=None,  # the file's progress line shows the wait
+            event="queue_full_retry",
+        )(self.client.submit_file, item.path, self.params, kind=self.kind)
 
     def _show(self, item: Item, job: JobDict) -> None:
         status = job["status"]

@@ -23,11 +23,12 @@ import httpx
 from app.clock import Clock, SystemClock
 from app.errors import ConfigError
 from app.log import get_logger
+from app.retry import Sleep
 from app.settings import Settings, reveal
 from scaler.model import Machine, MachineState
 from scaler.policy import hourly_price
 from scaler.providers.base import Price, ProviderError, read_template
-from scaler.providers.http import ApiClient, Sleep, response_text
+from scaler.providers.http import ApiClient, response_text
 
 ROLE_KEY = "stemfleet_role"
 ROLE = "worker"

@@ -6,9 +6,9 @@
   requests per second, `burst` saved up, as the clouds ask.
 - **Retry an idempotent call** (list, start, stop, wait, destroy...) on 429, 5xx and transport
   errors, up to `max_retries` times, with exponential backoff and jitter, honouring `Retry-After`
-  (seconds or an HTTP date) or an IETF `RateLimit`/`RateLimit-Reset` reset time (tenacity, with
-  the injected sleep, clock and random source, so tests never sleep). A `RateLimit` window with
-  no requests left holds every request back until its reset, so the quota is kept, not hit.
+  (seconds or an HTTP date) or an IETF `RateLimit`/`RateLimit-Reset` reset time (`app.retry`,
+  with the injected sleep, clock and random source, so tests never sleep). A `RateLimit` window
+  with no requests left holds every request back until its reset, so the quota is kept, not hit.
 - **Never resend a create that may have been processed**: a create (`creates=True`) is retried
   only when it surely was not: a 429, or a connection that was never made. A 5xx, a timeout or a
   connection broken after the request went out raise `ProviderError(kind="unknown_outcome")`:
@@ -29,13 +29,13 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from app.clock import Clock, SystemClock
 from app.log import get_logger
+from app.retry import Sleep, hinted, jittered, retrying
+from app.retry import backoff_delay as backoff_delay  # the providers' and tests' name for it
 from scaler.providers.base import ProviderError
 
-Sleep = Callable[[float], None]
 MAX_RETRY_AFTER = 120.0
 # The request surely never reached the server: safe to resend even a create.
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout)
@@ -57,12 +57,6 @@ class TokenBucket:
         self.at = now
         self.tokens -= 1
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-
-def backoff_delay(attempt: int, rng: random.Random, base: float = 0.5, cap: float = 30.0) -> float:
-    """Exponential backoff with jitter: base * 2^attempt capped, then 50-100% of it."""
-    delay = min(cap, base * 2**attempt)
-    return delay * (0.5 + rng.random() / 2)
 
 
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
@@ -230,16 +224,18 @@ class ApiClient:
                 raise _unknown(what, f"HTTP {status}: {self.error_text(response)}")
             return response
 
-        retrying = Retrying(
+        policy = retrying(
+            on=_Retryable,
+            wait=hinted(_hint, jittered(0.5, 30.0, self.rng)),
             sleep=self.sleep,
-            stop=stop_after_attempt(self.max_retries + 1),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Retryable),
-            before_sleep=lambda state: self._log_retry(state, action, key),
-            reraise=True,
+            attempts=self.max_retries + 1,
+            log=self.log,
+            event="provider_api_retry",
+            action=action,
+            key=key,
         )
         try:
-            return retrying(once)
+            return policy(once)
         except _Retryable as exc:
             tries = self.max_retries + 1
             where = f" at {self.base_url}" if exc.kind == "unreachable" else ""
@@ -249,21 +245,9 @@ class ApiClient:
                 status=exc.status,
             ) from exc
 
-    def _wait(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        hint = exc.hint if isinstance(exc, _Retryable) else None
-        return hint if hint is not None else backoff_delay(state.attempt_number - 1, self.rng)
 
-    def _log_retry(self, state: RetryCallState, action: str, key: str) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        self.log.warning(
-            "provider_api_retry",
-            action=action,
-            key=key,
-            attempt=state.attempt_number,
-            delay_s=state.upcoming_sleep,
-            reason=getattr(exc, "reason", str(exc)),
-        )
+def _hint(exc: BaseException) -> float | None:
+    return exc.hint if isinstance(exc, _Retryable) else None
 
 
 def _unknown(what: str, why: str) -> ProviderError:

@@ -47,11 +47,12 @@ import httpx
 
 from app.clock import Clock, SystemClock
 from app.log import get_logger
+from app.retry import Sleep, jittered, retrying
 from app.settings import Settings
 from scaler.model import Machine, MachineState
 from scaler.providers.base import Price, ProviderError
 from scaler.providers.fly import parse_time
-from scaler.providers.http import ApiClient, Sleep, backoff_delay
+from scaler.providers.http import ApiClient
 from scaler.providers.runpod_catalog import Candidate, PriceList, detail_of
 from scaler.providers.runpod_settings import RunPodSettings, load_pod_template, load_runpod_settings
 
@@ -186,7 +187,8 @@ class RunPodProvider:
         }
         if candidate.data_center:
             body["dataCenterIds"] = [candidate.data_center]
-        for attempt in range(self.rp.max_retries + 1):
+
+        def once() -> Machine | httpx.Response:
             try:
                 response = self.api.request(
                     "POST", "/pods", action="create", key=name, json=body, creates=True
@@ -195,21 +197,27 @@ class RunPodProvider:
                 if exc.kind != "unknown_outcome":
                     raise
                 adopted = next((p for p in self._pods() if p.get("name") == name), None)
-                if adopted is not None:
-                    self.log.warning("runpod_pod_adopted", pod_id=adopted["id"], name=name)
-                    return self.machine(adopted)
-                if attempt == self.rp.max_retries:
+                if adopted is None:  # no pod has the name: this try surely made nothing
                     raise
-                # no pod has the name: this try surely made nothing; the same candidate again
-                self.log.warning("runpod_create_retry", name=name, attempt=attempt + 1)
-                self.api.sleep(backoff_delay(attempt, self._rng))
-                continue
+                self.log.warning("runpod_pod_adopted", pod_id=adopted["id"], name=name)
+                return self.machine(adopted)
             if response.status_code != 201:
                 return response
             machine = self.machine(response.json())
             self.log.info("runpod_pod_created", pod_id=machine.id, name=name, size=candidate.size)
             return machine
-        raise AssertionError("unreachable")  # the loop returns or raises
+
+        # the same candidate again, with backoff, while the outcome is unknown and no pod has
+        # the name
+        return retrying(
+            on=lambda exc: isinstance(exc, ProviderError) and exc.kind == "unknown_outcome",
+            wait=jittered(0.5, 30.0, self._rng),
+            sleep=self.api.sleep,
+            attempts=self.rp.max_retries + 1,
+            log=self.log,
+            event="runpod_create_retry",
+            name=name,
+        )(once)
 
     def start(self, machine_id: str) -> None:
         response = self._action(machine_id, "start")
