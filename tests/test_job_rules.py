@@ -17,11 +17,16 @@ from typing import Any
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.types.json import Jsonb
+from pydantic import ValidationError
 
 from app.db import Connection, as_user
+from app.params import JobParams
 from app.queue import Queue
+from app.storage import input_key
 from tests.api_support import USER_A, USER_B, api_client, api_settings, audio_bytes, bearer
 
 MAX_ATTEMPTS = 5  # not the built-in 3: a path that ignores the setting shows
@@ -191,3 +196,68 @@ def test_neither_path_lets_a_user_choose_priority_or_attempts(
         ).fetchone()
     assert row is not None
     assert (row["priority"], row["max_attempts"]) == (0, MAX_ATTEMPTS)
+
+
+# --- the typed model (app/params.py) and SQL agree ------------------------------------------
+
+PARAM_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-3, max_value=600),
+    st.sampled_from([0.0, 0.25, 0.5, 0.5000001, 0.999, 1.0, 7.5, 60.0, 60.0001, 192.0, -0.1]),
+    st.sampled_from(
+        [
+            "wav",
+            "flac",
+            "mp3",
+            "opus",
+            "aac",
+            "int16",
+            "int24",
+            "float32",
+            "int8",
+            "vocals",
+            "bass",
+            "kazoo",
+            "htdemucs",
+            "mdx_q",
+        ]
+    ),
+    st.sampled_from(["a b", "", "2", "x" * 64, "x" * 65]),
+    st.lists(st.sampled_from(["vocals", "drums", "bass", "piano", "kazoo", 3]), max_size=3),
+)
+PARAM_NAMES = [*JobParams.model_fields, "colour"]
+
+
+def python_params(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """What the typed model makes of `raw`: its params with defaults, or None when invalid."""
+    try:
+        return JobParams.model_validate(raw).model_dump(mode="json", exclude_none=True)
+    except ValidationError:
+        return None
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(raw=st.dictionaries(st.sampled_from(PARAM_NAMES), PARAM_VALUES, max_size=5))
+def test_sql_and_python_params_rules_agree(conn: Connection, raw: dict[str, Any]) -> None:
+    """Valid for one exactly when valid for the other, and the same defaults written in."""
+    row = conn.execute(
+        "select queue.params_problem(%(p)s) as problem, queue.job_params(%(p)s) as params",
+        {"p": Jsonb(raw)},
+    ).fetchone()
+    assert row is not None
+    python = python_params(raw)
+    assert (row["problem"] is None) == (python is not None), (raw, row["problem"])
+    if python is not None:  # no deployment model recorded in a fresh database: none written
+        assert row["params"] == python, raw
+
+
+def test_the_api_makes_input_keys_sql_finds_the_users_own(conn: Connection) -> None:
+    key = input_key(USER_A, "../../My Song (live).mp3")
+    problems = conn.execute(
+        "select queue.input_key_problem(%s, %s) as mine, queue.input_key_problem(%s, %s) as theirs",
+        (USER_A, key, USER_B, key),
+    ).fetchone()
+    assert problems == {"mine": None, "theirs": "not under inputs/<your user id>/"}
