@@ -294,12 +294,7 @@ begin
         raise exception 'invalid params: %', v_problem using errcode = 'SF005';
     end if;
     v_params := queue.job_params(p_params);
-    v_problem := queue.model_problem(v_params);
-    if v_problem is not null then
-        raise exception '%', v_problem
-              using errcode = 'SF004',
-                    hint = 'leave params.model out to use the fleet''s default model';
-    end if;
+    perform queue.require_served_model(v_params);
     return v_params;
 end;
 $$;
@@ -742,33 +737,10 @@ CREATE FUNCTION queue.model_guard() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
-declare
-    v_problem text := queue.model_problem(new.params);
 begin
-    if v_problem is not null then
-        raise exception '%', v_problem
-              using errcode = 'SF004',
-                    hint = 'leave params.model out to use the fleet''s default model';
-    end if;
+    perform queue.require_served_model(new.params);
     return new;
 end;
-$$;
-
---
--- Name: model_problem(jsonb); Type: FUNCTION; Schema: queue
---
-CREATE FUNCTION queue.model_problem(p_params jsonb) RETURNS text
-    LANGUAGE sql STABLE
-    SET search_path TO ''
-    AS $$
-    select case
-        when pg_catalog.jsonb_typeof(p_params -> 'model') is distinct from 'string' then null
-        when exists (select 1 from queue.served_models where name = p_params ->> 'model') then null
-        else pg_catalog.format('model %s is not served by this fleet; choose one of: %s',
-                               pg_catalog.quote_literal(p_params ->> 'model'),
-                               (select pg_catalog.string_agg(name, ', ' order by name)
-                                  from queue.served_models))
-    end
 $$;
 
 --
@@ -1172,6 +1144,28 @@ $$;
 -- Name: FUNCTION release_dead_workers(p_machines jsonb, p_backoff_base_seconds double precision, p_now timestamp with time zone); Type: COMMENT; Schema: queue
 --
 COMMENT ON FUNCTION queue.release_dead_workers(p_machines jsonb, p_backoff_base_seconds double precision, p_now timestamp with time zone) IS 'Workers on machines the provider reports stopped, failed or gone: marked stopped, their running jobs released at once (an attempt, with backoff, like a lease expiry).';
+
+--
+-- Name: require_served_model(jsonb); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.require_served_model(p_params jsonb) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+begin
+    if pg_catalog.jsonb_typeof(p_params -> 'model') is distinct from 'string' then
+        return;  -- no model (the worker's), or not a name: queue.params_problem says why
+    end if;
+    perform 1 from queue.served_models where name = p_params ->> 'model';
+    if not found then
+        raise exception 'model % is not served by this fleet; choose one of: %',
+              pg_catalog.quote_literal(p_params ->> 'model'),
+              (select pg_catalog.string_agg(name, ', ' order by name) from queue.served_models)
+              using errcode = 'SF004',
+                    hint = 'leave params.model out to use the fleet''s default model';
+    end if;
+end;
+$$;
 
 --
 -- Name: serve_models(text[]); Type: FUNCTION; Schema: queue
@@ -2289,12 +2283,6 @@ GRANT ALL ON FUNCTION queue.lease_lost(p_job_id uuid, p_worker_id uuid, p_attemp
 REVOKE ALL ON FUNCTION queue.model_guard() FROM PUBLIC;
 
 --
--- Name: FUNCTION model_problem(p_params jsonb); Type: ACL; Schema: queue
---
-REVOKE ALL ON FUNCTION queue.model_problem(p_params jsonb) FROM PUBLIC;
-GRANT ALL ON FUNCTION queue.model_problem(p_params jsonb) TO service_role;
-
---
 -- Name: FUNCTION notify_job(); Type: ACL; Schema: queue
 --
 REVOKE ALL ON FUNCTION queue.notify_job() FROM PUBLIC;
@@ -2370,6 +2358,12 @@ GRANT ALL ON FUNCTION queue.release(p_job_id uuid, p_worker_id uuid, p_attempt i
 --
 REVOKE ALL ON FUNCTION queue.release_dead_workers(p_machines jsonb, p_backoff_base_seconds double precision, p_now timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION queue.release_dead_workers(p_machines jsonb, p_backoff_base_seconds double precision, p_now timestamp with time zone) TO service_role;
+
+--
+-- Name: FUNCTION require_served_model(p_params jsonb); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.require_served_model(p_params jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.require_served_model(p_params jsonb) TO service_role;
 
 --
 -- Name: FUNCTION serve_models(p_names text[]); Type: ACL; Schema: queue

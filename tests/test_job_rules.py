@@ -3,8 +3,9 @@ API (the real app) and through a Supabase client's own insert (role `authenticat
 user's JWT claims, as PostgREST runs it), expecting the same outcome: accepted with the same
 defaults, or refused naming the same thing.
 
-Both deployments' settings come from the API's start-up (STEMFLEET_MAX_ATTEMPTS, STEMFLEET_MODEL),
-which records them where SQL reads them; a Supabase insert never passes through Python."""
+The deployment's settings (STEMFLEET_MAX_ATTEMPTS, STEMFLEET_MODEL) are recorded where SQL reads
+them by the API's start-up and by `stemfleet db migrate` (tested below); a Supabase insert never
+passes through Python."""
 
 from __future__ import annotations
 
@@ -23,11 +24,21 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 from pydantic import ValidationError
 
+from app.cli import main
 from app.db import Connection, as_user
 from app.params import JobParams
 from app.queue import Queue
+from app.settings import get_settings
 from app.storage import input_key
-from tests.api_support import USER_A, USER_B, api_client, api_settings, audio_bytes, bearer
+from tests.api_support import (
+    USER_A,
+    USER_B,
+    api_client,
+    api_settings,
+    as_url,
+    audio_bytes,
+    bearer,
+)
 
 MAX_ATTEMPTS = 5  # not the built-in 3: a path that ignores the setting shows
 MODEL = "htdemucs_ft"  # not the built-in htdemucs, for the same reason
@@ -123,6 +134,13 @@ def api(db_url: str, tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture
+def deployed(conn: Connection) -> Connection:
+    """A database with the deployment's settings recorded, as the API's start-up does."""
+    Queue().configure_jobs(conn, max_attempts=MAX_ATTEMPTS, model=MODEL)
+    return conn
+
+
 def through_api(client: TestClient, conn: Connection, rule: Rule) -> Accepted | Refused:
     headers = bearer(USER_A)
     if rule.key is None:
@@ -175,8 +193,13 @@ def test_the_api_applies_the_rule(api: TestClient, conn: Connection, rule: Rule)
 
 
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: r.name)
-def test_a_supabase_insert_applies_the_rule(api: TestClient, conn: Connection, rule: Rule) -> None:
-    check(rule, through_supabase(conn, rule))
+def test_a_supabase_insert_applies_the_rule(deployed: Connection, rule: Rule) -> None:
+    check(rule, through_supabase(deployed, rule))
+
+
+def test_the_api_records_the_job_defaults_when_it_starts(api: TestClient, conn: Connection) -> None:
+    row = conn.execute("select max_attempts, model from queue.job_settings").fetchone()
+    assert row == {"max_attempts": MAX_ATTEMPTS, "model": MODEL}
 
 
 def test_neither_path_lets_a_user_choose_priority_or_attempts(
@@ -261,3 +284,26 @@ def test_the_api_makes_input_keys_sql_finds_the_users_own(conn: Connection) -> N
         (USER_A, key, USER_B, key),
     ).fetchone()
     assert problems == {"mine": None, "theirs": "not under inputs/<your user id>/"}
+
+
+def test_db_migrate_records_the_job_defaults(
+    db_url: str, conn: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment that migrates with `stemfleet db migrate` and has Supabase clients but no API
+    running yet still gives their jobs its settings."""
+    monkeypatch.setenv("STEMFLEET_DATABASE_URL", as_url(db_url))
+    monkeypatch.setenv("STEMFLEET_MAX_ATTEMPTS", "7")
+    monkeypatch.setenv("STEMFLEET_MODEL", "mdx")
+    get_settings.cache_clear()
+    try:
+        assert main(["db", "migrate"]) == 0
+    finally:
+        get_settings.cache_clear()
+    row = conn.execute("select max_attempts, model from queue.job_settings").fetchone()
+    assert row == {"max_attempts": 7, "model": "mdx"}
+    with as_user(conn, str(USER_A)):
+        job = conn.execute(
+            "insert into public.jobs (input_key) values (%s) returning max_attempts, params",
+            (f"inputs/{USER_A}/song.wav",),
+        ).fetchone()
+    assert job is not None and job["max_attempts"] == 7 and job["params"]["model"] == "mdx"

@@ -10,7 +10,7 @@
 --                            job records what it ran with, and deduplication compares like with like
 --   queue.input_key_problem  the key rule (queue.object_key_problem) and ownership: a user's job
 --                            names one of their own uploads, inputs/<their id>/...
---   queue.model_problem      the model is one the fleet serves (queue.served_models)
+--   queue.require_served_model  the model is one the fleet serves (queue.served_models)
 --   queue.check_job          all of the above: the checked params with defaults, or an error:
 --                            42501 for the input key (as before), SF005 for params, SF004 for the
 --                            model
@@ -162,16 +162,21 @@ language sql stable set search_path = '' as $$
              then 'not under inputs/<your user id>/' end)
 $$;
 
-create function queue.model_problem(p_params jsonb) returns text
-language sql stable set search_path = '' as $$
-    select case
-        when pg_catalog.jsonb_typeof(p_params -> 'model') is distinct from 'string' then null
-        when exists (select 1 from queue.served_models where name = p_params ->> 'model') then null
-        else pg_catalog.format('model %s is not served by this fleet; choose one of: %s',
-                               pg_catalog.quote_literal(p_params ->> 'model'),
-                               (select pg_catalog.string_agg(name, ', ' order by name)
-                                  from queue.served_models))
-    end
+create function queue.require_served_model(p_params jsonb) returns void
+language plpgsql stable set search_path = '' as $$
+begin
+    if pg_catalog.jsonb_typeof(p_params -> 'model') is distinct from 'string' then
+        return;  -- no model (the worker's), or not a name: queue.params_problem says why
+    end if;
+    perform 1 from queue.served_models where name = p_params ->> 'model';
+    if not found then
+        raise exception 'model % is not served by this fleet; choose one of: %',
+              pg_catalog.quote_literal(p_params ->> 'model'),
+              (select pg_catalog.string_agg(name, ', ' order by name) from queue.served_models)
+              using errcode = 'SF004',
+                    hint = 'leave params.model out to use the fleet''s default model';
+    end if;
+end;
 $$;
 
 create function queue.check_job(p_user_id uuid, p_params jsonb, p_input_key text default null)
@@ -197,12 +202,7 @@ begin
         raise exception 'invalid params: %', v_problem using errcode = 'SF005';
     end if;
     v_params := queue.job_params(p_params);
-    v_problem := queue.model_problem(v_params);
-    if v_problem is not null then
-        raise exception '%', v_problem
-              using errcode = 'SF004',
-                    hint = 'leave params.model out to use the fleet''s default model';
-    end if;
+    perform queue.require_served_model(v_params);
     return v_params;
 end;
 $$;
@@ -210,14 +210,8 @@ $$;
 -- The served-model check of every insert (the service connection's too), through the one rule.
 create or replace function queue.model_guard() returns trigger
 language plpgsql security definer set search_path = '' as $$
-declare
-    v_problem text := queue.model_problem(new.params);
 begin
-    if v_problem is not null then
-        raise exception '%', v_problem
-              using errcode = 'SF004',
-                    hint = 'leave params.model out to use the fleet''s default model';
-    end if;
+    perform queue.require_served_model(new.params);
     return new;
 end;
 $$;
@@ -294,9 +288,9 @@ revoke all on table queue.job_settings from public, anon, authenticated;
 grant all on table queue.job_settings to service_role;
 revoke all on function queue.configure_jobs(integer, text), queue.default_max_attempts(),
     queue.params_problem(jsonb), queue.job_params(jsonb), queue.input_key_problem(uuid, text),
-    queue.model_problem(jsonb), queue.check_job(uuid, jsonb, text)
+    queue.require_served_model(jsonb), queue.check_job(uuid, jsonb, text)
     from public, anon, authenticated;
 grant execute on function queue.configure_jobs(integer, text), queue.default_max_attempts(),
     queue.params_problem(jsonb), queue.job_params(jsonb), queue.input_key_problem(uuid, text),
-    queue.model_problem(jsonb), queue.check_job(uuid, jsonb, text)
+    queue.require_served_model(jsonb), queue.check_job(uuid, jsonb, text)
     to service_role;
