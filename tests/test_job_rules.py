@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from app.cli import main
 from app.db import Connection, as_user
-from app.params import JobParams
+from app.params import KNOWN_STEMS, JobParams
 from app.queue import Queue
 from app.settings import get_settings
 from app.storage import input_key
@@ -250,6 +250,25 @@ PARAM_VALUES = st.one_of(
     st.lists(st.sampled_from(["vocals", "drums", "bass", "piano", "kazoo", 3]), max_size=3),
 )
 PARAM_NAMES = [*JobParams.model_fields, "colour"]
+# each param near its own rule (mostly valid, edges included) or anything at all
+NEAR_VALID: dict[str, st.SearchStrategy[Any]] = {
+    "model": st.sampled_from([None, "htdemucs", "mdx_q"]),
+    "stems": st.lists(st.sampled_from(KNOWN_STEMS), min_size=1, max_size=3, unique=True),
+    "two_stems": st.sampled_from([None, "vocals", "bass"]),
+    "format": st.sampled_from(["wav", "flac", "mp3", "opus"]),
+    "sample_format": st.sampled_from(["int16", "int24", "float32"]),
+    "bitrate": st.one_of(st.none(), st.integers(min_value=0, max_value=600)),
+    "segment": st.one_of(st.none(), st.floats(0.4, 61), st.integers(min_value=0, max_value=61)),
+    "shifts": st.integers(min_value=-1, max_value=21),
+    "overlap": st.one_of(st.floats(-0.1, 1.1), st.integers(min_value=-1, max_value=2)),
+}
+RAW_PARAMS = st.one_of(
+    st.fixed_dictionaries({}, optional=NEAR_VALID),
+    st.fixed_dictionaries(
+        {}, optional={k: st.one_of(v, PARAM_VALUES) for k, v in NEAR_VALID.items()}
+    ),
+    st.dictionaries(st.sampled_from(PARAM_NAMES), PARAM_VALUES, max_size=5),
+)
 
 
 def python_params(raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -263,7 +282,7 @@ def python_params(raw: dict[str, Any]) -> dict[str, Any] | None:
 @settings(
     max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(raw=st.dictionaries(st.sampled_from(PARAM_NAMES), PARAM_VALUES, max_size=5))
+@given(raw=RAW_PARAMS)
 def test_sql_and_python_params_rules_agree(conn: Connection, raw: dict[str, Any]) -> None:
     """Valid for one exactly when valid for the other, and the same defaults written in."""
     row = conn.execute(
