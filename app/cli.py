@@ -21,15 +21,21 @@ COMMAND_GROUP = "stemfleet.commands"
 
 
 def _db_migrate(args: argparse.Namespace) -> int:
+    from app.db import connect
     from app.migrate import migrate
+    from app.queue import Queue
     from app.settings import get_settings
 
-    applied = migrate(get_settings().require_database_url())
+    settings = get_settings()
+    applied = migrate(settings.require_database_url())
     if applied:
         for migration in applied:
             print(f"applied {migration.version}_{migration.name}")
     else:
         print("database is up to date")
+    with connect(settings.require_database_url()) as conn:  # a new job's defaults, for SQL
+        Queue().configure_jobs(conn, max_attempts=settings.max_attempts, model=settings.model)
+    print(f"job defaults: max_attempts {settings.max_attempts}, model {settings.model}")
     return 0
 
 

@@ -28,7 +28,16 @@ class InvalidTransition(QueueError):
 
 
 class ModelNotServed(QueueError):
-    """A job names a model the fleet does not serve (SQLSTATE SF004, from the insert guard)."""
+    """A job names a model the fleet does not serve (SQLSTATE SF004, from queue.check_job)."""
+
+
+class InvalidParams(QueueError):
+    """A job's params break queue.params_problem's rules (SQLSTATE SF005)."""
+
+
+class InputKeyRefused(QueueError):
+    """A job names an input key that is malformed or not one of the user's uploads (SQLSTATE
+    42501 from queue.check_job, as a Supabase client's insert gets it)."""
 
 
 class JobError(StemfleetError):

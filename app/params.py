@@ -1,7 +1,10 @@
-"""Per-job options (jobs.params), validated the same way by the API and the worker.
+"""Per-job options (jobs.params), typed for the API's parsing and the worker.
 
-A Supabase-client insert skips the API, so the worker validates again and fails the job at once
-with the validation message when params are bad.
+The rules of params live in SQL (queue.params_problem, queue.job_params): both insert paths, the
+API and a Supabase client's insert, go through them. This model is strict (a JSON number is not
+a string) like SQL, and tests/test_job_rules.py proves the two agree on what is valid and on the
+defaults. The worker parses again, so a row that predates the rules fails at once with the
+validation message.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ DEFAULT_BITRATE = {"mp3": 320, "opus": 160}
 
 
 class JobParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     model: str | None = Field(None, description="Demucs model name; default: the fleet's model")
     stems: list[str] | None = Field(None, description="subset of the model's stems to output")

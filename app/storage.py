@@ -75,10 +75,6 @@ def output_key(job_id: uuid.UUID | str, stem: str, ext: str) -> str:
     return validate_key(f"outputs/{job_id}/{stem}.{ext}")
 
 
-def user_owns_input(user_id: uuid.UUID | str, key: str) -> bool:
-    return validate_key(key).startswith(f"inputs/{user_id}/")
-
-
 class Storage(Protocol):
     def put_file(self, key: str, path: Path, content_type: str | None = None) -> None: ...
     def put_bytes(self, key: str, data: bytes, content_type: str | None = None) -> None: ...

@@ -268,6 +268,38 @@ end;
 $$;
 
 --
+-- Name: check_job(uuid, jsonb, text); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.check_job(p_user_id uuid, p_params jsonb, p_input_key text DEFAULT NULL::text) RETURNS jsonb
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+declare
+    v_problem text;
+    v_params jsonb;
+begin
+    if p_input_key is not null then
+        v_problem := queue.input_key_problem(p_user_id, p_input_key);
+        if v_problem is not null then
+            raise exception 'input_key % is not one of your uploads (%)',
+                  pg_catalog.quote_literal(p_input_key), v_problem
+                  using errcode = '42501',
+                        hint = pg_catalog.format(
+                            'upload the file under inputs/%s/ first (Supabase Storage, bucket '
+                            'stemfleet), or get an upload URL from POST /v1/uploads', p_user_id);
+        end if;
+    end if;
+    v_problem := queue.params_problem(p_params);
+    if v_problem is not null then
+        raise exception 'invalid params: %', v_problem using errcode = 'SF005';
+    end if;
+    v_params := queue.job_params(p_params);
+    perform queue.require_served_model(v_params);
+    return v_params;
+end;
+$$;
+
+--
 -- Name: claim(uuid, double precision, integer, public.job_kind[], timestamp with time zone); Type: FUNCTION; Schema: queue
 --
 CREATE FUNCTION queue.claim(p_worker_id uuid, p_lease_seconds double precision DEFAULT 60, p_limit integer DEFAULT 1, p_kinds public.job_kind[] DEFAULT NULL::public.job_kind[], p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS SETOF public.jobs
@@ -408,6 +440,45 @@ end;
 $$;
 
 --
+-- Name: job_settings; Type: TABLE; Schema: queue
+--
+CREATE TABLE queue.job_settings (
+    id boolean DEFAULT true NOT NULL,
+    max_attempts integer DEFAULT 3 NOT NULL,
+    model text,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    CONSTRAINT job_settings_id_check CHECK (id),
+    CONSTRAINT job_settings_max_attempts_check CHECK (((max_attempts >= 1) AND (max_attempts <= 100))),
+    CONSTRAINT job_settings_model_check CHECK ((model ~ '^[A-Za-z0-9_.-]{1,64}$'::text))
+);
+
+--
+-- Name: TABLE job_settings; Type: COMMENT; Schema: queue
+--
+COMMENT ON TABLE queue.job_settings IS 'The defaults of a new job (one row), written from STEMFLEET_MAX_ATTEMPTS / STEMFLEET_MODEL by the API at start-up and by stemfleet db migrate.';
+
+--
+-- Name: configure_jobs(integer, text); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.configure_jobs(p_max_attempts integer, p_model text) RETURNS queue.job_settings
+    LANGUAGE sql
+    AS $$
+    update queue.job_settings
+       set max_attempts = p_max_attempts, model = p_model, updated_at = now()
+     returning *
+$$;
+
+--
+-- Name: default_max_attempts(); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.default_max_attempts() RETURNS integer
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    select max_attempts from queue.job_settings
+$$;
+
+--
 -- Name: default_priority(public.job_kind); Type: FUNCTION; Schema: queue
 --
 CREATE FUNCTION queue.default_priority(p_kind public.job_kind) RETURNS integer
@@ -498,7 +569,7 @@ $$;
 --
 -- Name: enqueue(uuid, text, public.job_kind, jsonb, integer, text, double precision, text, text, integer, timestamp with time zone); Type: FUNCTION; Schema: queue
 --
-CREATE FUNCTION queue.enqueue(p_user_id uuid, p_input_key text, p_kind public.job_kind DEFAULT 'separate'::public.job_kind, p_params jsonb DEFAULT '{}'::jsonb, p_priority integer DEFAULT NULL::integer, p_input_sha256 text DEFAULT NULL::text, p_duration_s double precision DEFAULT NULL::double precision, p_callback_url text DEFAULT NULL::text, p_idempotency_key text DEFAULT NULL::text, p_max_attempts integer DEFAULT 3, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS queue.enqueue_result
+CREATE FUNCTION queue.enqueue(p_user_id uuid, p_input_key text, p_kind public.job_kind DEFAULT 'separate'::public.job_kind, p_params jsonb DEFAULT '{}'::jsonb, p_priority integer DEFAULT NULL::integer, p_input_sha256 text DEFAULT NULL::text, p_duration_s double precision DEFAULT NULL::double precision, p_callback_url text DEFAULT NULL::text, p_idempotency_key text DEFAULT NULL::text, p_max_attempts integer DEFAULT NULL::integer, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS queue.enqueue_result
     LANGUAGE plpgsql
     AS $$
 declare
@@ -510,7 +581,8 @@ begin
                              updated_at)
     values (p_user_id, p_kind, coalesce(p_priority, queue.default_priority(p_kind)),
             coalesce(p_params, '{}'::jsonb), p_input_key, p_input_sha256, p_duration_s,
-            p_callback_url, p_idempotency_key, p_max_attempts, v_now, v_now, v_now)
+            p_callback_url, p_idempotency_key,
+            coalesce(p_max_attempts, queue.default_max_attempts()), v_now, v_now, v_now)
     on conflict on constraint jobs_idempotency_key_per_user do nothing
     returning * into v_job;
     if found then
@@ -602,6 +674,35 @@ end;
 $$;
 
 --
+-- Name: input_key_problem(uuid, text); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.input_key_problem(p_user_id uuid, p_key text) RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    select coalesce(
+        queue.object_key_problem(p_key),
+        case when p_user_id is null
+                  or pg_catalog.split_part(p_key, '/', 1) <> 'inputs'
+                  or pg_catalog.split_part(p_key, '/', 2) <> p_user_id::text
+                  or pg_catalog.split_part(p_key, '/', 3) = ''
+             then 'not under inputs/<your user id>/' end)
+$$;
+
+--
+-- Name: job_params(jsonb); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.job_params(p_params jsonb) RETURNS jsonb
+    LANGUAGE sql STABLE
+    SET search_path TO ''
+    AS $$
+    select pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object(
+               'model', (select model from queue.job_settings),
+               'format', 'wav', 'sample_format', 'int16', 'shifts', 1, 'overlap', 0.25))
+           || pg_catalog.jsonb_strip_nulls(coalesce(p_params, '{}'::jsonb))
+$$;
+
+--
 -- Name: job_position(uuid); Type: FUNCTION; Schema: queue
 --
 CREATE FUNCTION queue.job_position(p_job_id uuid) RETURNS integer
@@ -636,21 +737,8 @@ CREATE FUNCTION queue.model_guard() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
-declare
-    v_model text;
 begin
-    if pg_catalog.jsonb_typeof(new.params -> 'model') is distinct from 'string' then
-        return new;  -- no model (the fleet's default), or not a name: params validation says why
-    end if;
-    v_model := new.params ->> 'model';
-    perform 1 from queue.served_models where name = v_model;
-    if not found then
-        raise exception 'model % is not served by this fleet; choose one of: %',
-              pg_catalog.quote_literal(v_model),
-              (select pg_catalog.string_agg(name, ', ' order by name) from queue.served_models)
-              using errcode = 'SF004',
-                    hint = 'leave params.model out to use the fleet''s default model';
-    end if;
+    perform queue.require_served_model(new.params);
     return new;
 end;
 $$;
@@ -692,6 +780,109 @@ CREATE FUNCTION queue.object_key_problem(p_key text) RETURNS text
         when p_key ~ '(^|/)\.{1,2}(/|$)'
             then '''.'' or ''..'' segment'
     end
+$_$;
+
+--
+-- Name: params_problem(jsonb); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.params_problem(p_params jsonb) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO ''
+    AS $_$
+declare
+    c_stems constant text[] := array['drums', 'bass', 'other', 'vocals', 'guitar', 'piano'];
+    c_names constant text := 'model, stems, two_stems, format, sample_format, bitrate, segment, '
+                             'shifts, overlap';
+    v_key text;
+    v_value jsonb;
+    v_type text;
+    v_number numeric;
+    v_format text := coalesce(p_params ->> 'format', 'wav');
+    v_low integer;
+    v_high integer;
+begin
+    if p_params is null or pg_catalog.jsonb_typeof(p_params) <> 'object' then
+        return 'params must be a JSON object';
+    end if;
+    for v_key, v_value in select e.key, e.value from pg_catalog.jsonb_each(p_params) e
+                                order by e.key loop
+        v_type := pg_catalog.jsonb_typeof(v_value);
+        v_number := case when v_type = 'number' then (v_value #>> '{}')::numeric end;
+        if v_type = 'null' and v_key in ('model', 'stems', 'two_stems', 'bitrate', 'segment') then
+            continue;  -- the default
+        end if;
+        case v_key
+        when 'model' then
+            if v_type <> 'string' or (v_value #>> '{}') !~ '^[A-Za-z0-9_.-]{1,64}$' then
+                return 'model must be a Demucs model name such as htdemucs or htdemucs_ft';
+            end if;
+        when 'stems' then
+            if v_type <> 'array' then
+                return 'stems must be a list of stem names';
+            elsif pg_catalog.jsonb_array_length(v_value) = 0 then
+                return 'stems must name at least one stem';
+            elsif exists (select 1 from pg_catalog.jsonb_array_elements(v_value) s
+                           where pg_catalog.jsonb_typeof(s) <> 'string'
+                              or not (s #>> '{}') = any (c_stems)) then
+                return pg_catalog.format('stems: unknown stems %s; choose from %s',
+                                         v_value, pg_catalog.array_to_string(c_stems, ', '));
+            elsif (select pg_catalog.count(distinct s) from pg_catalog.jsonb_array_elements(v_value) s)
+                  <> pg_catalog.jsonb_array_length(v_value) then
+                return 'stems must not repeat';
+            end if;
+        when 'two_stems' then
+            if v_type <> 'string' or not (v_value #>> '{}') = any (c_stems) then
+                return pg_catalog.format('two_stems: unknown stem %s; choose from %s',
+                                         v_value, pg_catalog.array_to_string(c_stems, ', '));
+            end if;
+        when 'format' then
+            if v_type <> 'string' or (v_value #>> '{}') not in ('wav', 'flac', 'mp3', 'opus') then
+                return 'format must be one of wav, flac, mp3, opus';
+            end if;
+        when 'sample_format' then
+            if v_type <> 'string' or (v_value #>> '{}') not in ('int16', 'int24', 'float32') then
+                return 'sample_format must be one of int16, int24, float32';
+            end if;
+        when 'bitrate' then
+            if v_type <> 'number' or (v_value #>> '{}') !~ '^-?[0-9]+$' then
+                return 'bitrate must be a whole number of kbps';
+            end if;
+        when 'segment' then
+            if v_number is null or not (v_number > 0.5 and v_number <= 60) then
+                return 'segment must be a number of seconds greater than 0.5, at most 60';
+            end if;
+        when 'shifts' then
+            if v_type <> 'number' or (v_value #>> '{}') !~ '^-?[0-9]+$'
+               or not v_number between 0 and 20 then
+                return 'shifts must be a whole number from 0 to 20';
+            end if;
+        when 'overlap' then
+            if v_number is null or not (v_number >= 0 and v_number < 1) then
+                return 'overlap must be a number from 0 up to (not including) 1';
+            end if;
+        else
+            return pg_catalog.format('%s is not a param a job takes; they are: %s', v_key, c_names);
+        end case;
+    end loop;
+    if pg_catalog.jsonb_typeof(p_params -> 'stems') = 'array'
+       and pg_catalog.jsonb_typeof(p_params -> 'two_stems') = 'string' then
+        return 'give either stems or two_stems, not both';
+    end if;
+    if pg_catalog.jsonb_typeof(p_params -> 'bitrate') = 'number' then
+        if v_format not in ('mp3', 'opus') then
+            return pg_catalog.format('bitrate applies to mp3 and opus, not %s', v_format);
+        end if;
+        select lo, hi into v_low, v_high
+          from (values ('mp3', 32, 320), ('opus', 6, 510)) as r (f, lo, hi) where f = v_format;
+        if not (p_params ->> 'bitrate')::numeric between v_low and v_high then
+            return pg_catalog.format('bitrate for %s must be %s-%s kbps', v_format, v_low, v_high);
+        end if;
+    end if;
+    if v_format = 'flac' and p_params ->> 'sample_format' = 'float32' then
+        return 'flac stores int16 or int24 samples, not float32';
+    end if;
+    return null;
+end;
 $_$;
 
 --
@@ -955,6 +1146,28 @@ $$;
 COMMENT ON FUNCTION queue.release_dead_workers(p_machines jsonb, p_backoff_base_seconds double precision, p_now timestamp with time zone) IS 'Workers on machines the provider reports stopped, failed or gone: marked stopped, their running jobs released at once (an attempt, with backoff, like a lease expiry).';
 
 --
+-- Name: require_served_model(jsonb); Type: FUNCTION; Schema: queue
+--
+CREATE FUNCTION queue.require_served_model(p_params jsonb) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO ''
+    AS $$
+begin
+    if pg_catalog.jsonb_typeof(p_params -> 'model') is distinct from 'string' then
+        return;  -- no model (the worker's), or not a name: queue.params_problem says why
+    end if;
+    perform 1 from queue.served_models where name = p_params ->> 'model';
+    if not found then
+        raise exception 'model % is not served by this fleet; choose one of: %',
+              pg_catalog.quote_literal(p_params ->> 'model'),
+              (select pg_catalog.string_agg(name, ', ' order by name) from queue.served_models)
+              using errcode = 'SF004',
+                    hint = 'leave params.model out to use the fleet''s default model';
+    end if;
+end;
+$$;
+
+--
 -- Name: serve_models(text[]); Type: FUNCTION; Schema: queue
 --
 CREATE FUNCTION queue.serve_models(p_names text[]) RETURNS void
@@ -972,36 +1185,18 @@ CREATE FUNCTION queue.user_insert_guard() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO ''
     AS $$
-declare
-    v_user text := auth.uid()::text;
-    v_problem text;
 begin
     if current_setting('role') not in ('anon', 'authenticated') then
         return new;
     end if;
-    v_problem := queue.object_key_problem(new.input_key);
-    if v_problem is null
-       and (v_user is null
-            or pg_catalog.split_part(new.input_key, '/', 1) <> 'inputs'
-            or pg_catalog.split_part(new.input_key, '/', 2) <> v_user
-            or pg_catalog.split_part(new.input_key, '/', 3) = '') then
-        v_problem := 'not under inputs/<your user id>/';
-    end if;
-    if v_problem is not null then
-        raise exception 'input_key % is not one of your uploads (%)',
-              pg_catalog.quote_literal(new.input_key), v_problem
-              using errcode = '42501',
-                    hint = pg_catalog.format(
-                        'upload the file under inputs/%s/ first (Supabase Storage, bucket '
-                        'stemfleet), or get an upload URL from POST /v1/uploads', v_user);
-    end if;
+    new.params := queue.check_job(auth.uid(), new.params, new.input_key);
     new.user_id := auth.uid();
     new.status := 'queued';
     new.priority := queue.default_priority(new.kind);
     new.output := null;
     new.progress := 0;
     new.attempts := 0;
-    new.max_attempts := 3;
+    new.max_attempts := queue.default_max_attempts();
     new.run_after := pg_catalog.now();
     new.lease_expires_at := null;
     new.worker_id := null;
@@ -1711,6 +1906,12 @@ ALTER TABLE ONLY public.workers
     ADD CONSTRAINT workers_pkey PRIMARY KEY (id);
 
 --
+-- Name: job_settings job_settings_pkey; Type: CONSTRAINT; Schema: queue
+--
+ALTER TABLE ONLY queue.job_settings
+    ADD CONSTRAINT job_settings_pkey PRIMARY KEY (id);
+
+--
 -- Name: served_models served_models_pkey; Type: CONSTRAINT; Schema: queue
 --
 ALTER TABLE ONLY queue.served_models
@@ -1962,6 +2163,12 @@ REVOKE ALL ON FUNCTION queue.cancel(p_job_id uuid, p_reason text, p_now timestam
 GRANT ALL ON FUNCTION queue.cancel(p_job_id uuid, p_reason text, p_now timestamp with time zone) TO service_role;
 
 --
+-- Name: FUNCTION check_job(p_user_id uuid, p_params jsonb, p_input_key text); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.check_job(p_user_id uuid, p_params jsonb, p_input_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.check_job(p_user_id uuid, p_params jsonb, p_input_key text) TO service_role;
+
+--
 -- Name: FUNCTION claim(p_worker_id uuid, p_lease_seconds double precision, p_limit integer, p_kinds public.job_kind[], p_now timestamp with time zone); Type: ACL; Schema: queue
 --
 REVOKE ALL ON FUNCTION queue.claim(p_worker_id uuid, p_lease_seconds double precision, p_limit integer, p_kinds public.job_kind[], p_now timestamp with time zone) FROM PUBLIC;
@@ -1983,6 +2190,23 @@ GRANT ALL ON FUNCTION queue.claim_webhook_deliveries(p_limit integer, p_lease_se
 --
 REVOKE ALL ON FUNCTION queue.complete(p_job_id uuid, p_worker_id uuid, p_attempt integer, p_output jsonb, p_timings jsonb, p_duration_s double precision, p_now timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION queue.complete(p_job_id uuid, p_worker_id uuid, p_attempt integer, p_output jsonb, p_timings jsonb, p_duration_s double precision, p_now timestamp with time zone) TO service_role;
+
+--
+-- Name: TABLE job_settings; Type: ACL; Schema: queue
+--
+GRANT ALL ON TABLE queue.job_settings TO service_role;
+
+--
+-- Name: FUNCTION configure_jobs(p_max_attempts integer, p_model text); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.configure_jobs(p_max_attempts integer, p_model text) FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.configure_jobs(p_max_attempts integer, p_model text) TO service_role;
+
+--
+-- Name: FUNCTION default_max_attempts(); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.default_max_attempts() FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.default_max_attempts() TO service_role;
 
 --
 -- Name: FUNCTION default_priority(p_kind public.job_kind); Type: ACL; Schema: queue
@@ -2030,6 +2254,18 @@ REVOKE ALL ON FUNCTION queue.heartbeat(p_job_id uuid, p_worker_id uuid, p_attemp
 GRANT ALL ON FUNCTION queue.heartbeat(p_job_id uuid, p_worker_id uuid, p_attempt integer, p_progress double precision, p_lease_seconds double precision, p_now timestamp with time zone) TO service_role;
 
 --
+-- Name: FUNCTION input_key_problem(p_user_id uuid, p_key text); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.input_key_problem(p_user_id uuid, p_key text) FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.input_key_problem(p_user_id uuid, p_key text) TO service_role;
+
+--
+-- Name: FUNCTION job_params(p_params jsonb); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.job_params(p_params jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.job_params(p_params jsonb) TO service_role;
+
+--
 -- Name: FUNCTION job_position(p_job_id uuid); Type: ACL; Schema: queue
 --
 REVOKE ALL ON FUNCTION queue.job_position(p_job_id uuid) FROM PUBLIC;
@@ -2057,6 +2293,12 @@ GRANT ALL ON FUNCTION queue.notify_job() TO service_role;
 --
 REVOKE ALL ON FUNCTION queue.object_key_problem(p_key text) FROM PUBLIC;
 GRANT ALL ON FUNCTION queue.object_key_problem(p_key text) TO service_role;
+
+--
+-- Name: FUNCTION params_problem(p_params jsonb); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.params_problem(p_params jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.params_problem(p_params jsonb) TO service_role;
 
 --
 -- Name: FUNCTION profile_files_processed(p_profile text, p_input_sha256s text[]); Type: ACL; Schema: queue
@@ -2116,6 +2358,12 @@ GRANT ALL ON FUNCTION queue.release(p_job_id uuid, p_worker_id uuid, p_attempt i
 --
 REVOKE ALL ON FUNCTION queue.release_dead_workers(p_machines jsonb, p_backoff_base_seconds double precision, p_now timestamp with time zone) FROM PUBLIC;
 GRANT ALL ON FUNCTION queue.release_dead_workers(p_machines jsonb, p_backoff_base_seconds double precision, p_now timestamp with time zone) TO service_role;
+
+--
+-- Name: FUNCTION require_served_model(p_params jsonb); Type: ACL; Schema: queue
+--
+REVOKE ALL ON FUNCTION queue.require_served_model(p_params jsonb) FROM PUBLIC;
+GRANT ALL ON FUNCTION queue.require_served_model(p_params jsonb) TO service_role;
 
 --
 -- Name: FUNCTION serve_models(p_names text[]); Type: ACL; Schema: queue

@@ -200,7 +200,7 @@ def _registered(
             (machine_id,),
         ).fetchone()
         if row is not None:
-            return Worker.from_row(row)
+            return Worker(**row)
         assert time.monotonic() < deadline, f"no worker registered for {machine_id}"
         with contextlib.suppress(subprocess.TimeoutExpired):
             code = child.wait(timeout=0.05)

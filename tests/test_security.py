@@ -62,7 +62,9 @@ def test_user_insert_is_forced_to_a_queued_job_of_their_own(tx: Connection) -> N
     assert row["status"] == "queued"
     assert (row["priority"], row["attempts"], row["max_attempts"]) == (0, 0, 3)
     assert (row["worker_id"], row["output"], row["error"], row["progress"]) == (None, None, None, 0)
-    assert row["params"] == {"format": "mp3"} and row["idempotency_key"] == "abc"
+    # the params' defaults written in (queue.job_params); no deployment model recorded here
+    written = {"format": "mp3", "sample_format": "int16", "shifts": 1, "overlap": 0.25}
+    assert row["params"] == written and row["idempotency_key"] == "abc"
 
 
 def test_user_cannot_insert_a_running_job(tx: Connection) -> None:

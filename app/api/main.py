@@ -116,9 +116,13 @@ def create_app(
             log.warning(
                 "webhooks_disabled", reason="no STEMFLEET_WEBHOOK_SECRET: callbacks are refused"
             )
-        try:  # jobs may name the models this deployment serves (queue.served_models)
+        try:  # jobs may name the models this deployment serves (queue.served_models), and get
+            # its defaults (queue.job_settings) whichever way they come in
             with ctx.connection() as conn:
                 ctx.queue.serve_models(conn, fleet_model_names(settings.model, settings.model_repo))
+                ctx.queue.configure_jobs(
+                    conn, max_attempts=settings.max_attempts, model=settings.model
+                )
         except Exception as exc:  # the database may be down or not migrated yet: not fatal
             log.warning("served_models_not_recorded", error=str(exc))
         log.info("api_started", dev_auth=settings.dev_auth, storage=settings.storage)

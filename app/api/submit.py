@@ -1,5 +1,6 @@
-"""Creating a job: idempotency replay, callback vetting, the per-user queue limit, input checks,
-deduplication by content, then queue.enqueue (SQL) on the service connection."""
+"""Creating a job: the job's rules (queue.check_job, in SQL, as a Supabase client's insert gets
+them), idempotency replay, callback vetting, the per-user queue limit, the checks that need the
+bytes, deduplication by content, then queue.enqueue (SQL) on the service connection."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from app.api.errors import ApiError
 from app.api.intake import Input, copy_limited, inspect_audio, sha256_file, too_large
 from app.api.ssrf import UnsafeCallbackUrl
 from app.api.views import JobOut
-from app.errors import ObjectNotFound, StorageKeyError
+from app.errors import InputKeyRefused, InvalidParams, ObjectNotFound
 from app.log import get_logger
 from app.params import JobParams
 from app.queue import Job, JobKind
-from app.storage import input_key, user_owns_input, validate_key
+from app.storage import input_key
 
 QUEUE_FULL_RETRY_AFTER = 30  # seconds
 
@@ -106,12 +107,9 @@ class Submitter:
         idempotency_key: str | None = None,
     ) -> Submitted:
         ctx = self.ctx
-        # The fleet's default model is written into the job, so a job records what it ran with
-        # and dedup never matches a job separated by another model.
-        chosen = spec.params.model_copy(update={"model": spec.params.model or ctx.settings.model})
         request = Request(
             kind=spec.kind,
-            params=chosen.model_dump(mode="json", exclude_none=True),
+            params=self._check_job(user_id, spec, key),
             callback_url=spec.callback_url,
             input_key=key,
         )
@@ -163,7 +161,6 @@ class Submitter:
                 duration_s=found.duration_s,
                 callback_url=spec.callback_url,
                 idempotency_key=idempotency_key,
-                max_attempts=ctx.settings.max_attempts,
             )
         if not created:  # the same key, sent twice at once: the other request won
             return self._replay(job, replay_key, request, sha256=found.sha256)
@@ -185,6 +182,21 @@ class Submitter:
                 "get that job again, or use a new key for a new job",
             )
         return Submitted(self._view(earlier), created=False, replayed=True)
+
+    def _check_job(self, user_id: UUID, spec: JobSpec, key: str | None) -> dict[str, Any]:
+        """The job's rules, from SQL: the params with the deployment's defaults written in (the
+        fleet's model among them, so a job records what it ran with and dedup never matches a
+        job separated by another model), and a named input_key that is the user's own."""
+        params = spec.params.model_dump(mode="json", exclude_none=True)
+        try:
+            with self.ctx.connection() as conn:
+                return self.ctx.queue.check_job(conn, user_id=user_id, params=params, input_key=key)
+        except InputKeyRefused as exc:
+            raise ApiError(
+                422, "invalid_input_key", f"{exc}; get an input_key from POST /v1/uploads"
+            ) from None
+        except InvalidParams as exc:
+            raise ApiError(422, "invalid_request", str(exc)) from None
 
     def _check_queue_limit(self, user_id: UUID) -> None:
         with self.ctx.user_connection(user_id) as conn:
@@ -215,17 +227,7 @@ class Submitter:
             raise ApiError(422, "invalid_callback_url", str(exc)) from None
 
     def _fetch_input(self, user_id: UUID, key: str, dest: Path) -> int:
-        try:
-            validate_key(key)
-        except StorageKeyError as exc:
-            raise ApiError(422, "invalid_input_key", str(exc)) from None
-        if not user_owns_input(user_id, key):
-            raise ApiError(
-                422,
-                "invalid_input_key",
-                f"input_key must be one of your uploads (under inputs/{user_id}/); get one "
-                "from POST /v1/uploads",
-            )
+        """The input named by `key`, which queue.check_job found to be the user's own."""
         storage = self.ctx.storage
         try:
             size = storage.size(key)

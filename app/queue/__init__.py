@@ -9,6 +9,7 @@ Time comes from the injected clock (None in production: the database's now()).
 from __future__ import annotations
 
 from app.queue.api import ApiQueries
+from app.queue.base import SqlCaller, queue_errors
 from app.queue.fleet import FleetQueries
 from app.queue.jobs import (
     EVENTS_CHANNEL,
@@ -19,15 +20,22 @@ from app.queue.jobs import (
     JobQueries,
     JobStatus,
     Reaped,
-    SqlCaller,
-    Worker,
-    queue_errors,
 )
 from app.queue.profiles import ProfileQueries
+from app.queue.rules import RuleQueries
 from app.queue.webhooks import WebhookQueries
+from app.queue.workers import Worker, WorkerQueries
 
 
-class Queue(JobQueries, ApiQueries, WebhookQueries, FleetQueries, ProfileQueries):
+class Queue(
+    JobQueries,
+    WorkerQueries,
+    RuleQueries,
+    ApiQueries,
+    WebhookQueries,
+    FleetQueries,
+    ProfileQueries,
+):
     """All SQL-function wrappers, one object."""
 
 

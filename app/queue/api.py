@@ -14,7 +14,8 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from app.db import Connection
-from app.queue.jobs import Job, SqlCaller
+from app.queue.base import SqlCaller
+from app.queue.jobs import JOB, Job
 
 Q_LIST_MINE = """
 select * from public.jobs
@@ -88,8 +89,9 @@ class ApiQueries(SqlCaller):
         statuses: list[str] | None = None,
         before: tuple[datetime, UUID] | None = None,
     ) -> list[Job]:
-        rows = self._all(
+        return self._rows(
             conn,
+            JOB,
             Q_LIST_MINE,
             {
                 "limit": limit,
@@ -98,7 +100,6 @@ class ApiQueries(SqlCaller):
                 "before_id": before[1] if before else None,
             },
         )
-        return [Job.from_row(r) for r in rows]
 
     def count_queued_mine(self, conn: Connection) -> int:
         row = self._one(conn, Q_COUNT_QUEUED_MINE, {})
@@ -113,16 +114,15 @@ class ApiQueries(SqlCaller):
         params: dict[str, Any],
         window: float,
     ) -> Job | None:
-        row = self._one(
+        return self._row(
             conn,
+            JOB,
             Q_FIND_DUPLICATE_MINE,
             {"sha256": sha256, "kind": kind, "params": Jsonb(params), "window": window},
         )
-        return Job.from_row(row) if row else None
 
     def find_idempotent_mine(self, conn: Connection, key: str) -> Job | None:
-        row = self._one(conn, Q_FIND_IDEMPOTENT_MINE, {"key": key})
-        return Job.from_row(row) if row else None
+        return self._row(conn, JOB, Q_FIND_IDEMPOTENT_MINE, {"key": key})
 
     # --- service connection ---------------------------------------------------------------
     def queue_positions(self, conn: Connection, job_ids: list[UUID]) -> dict[UUID, int]:
@@ -134,7 +134,7 @@ class ApiQueries(SqlCaller):
 
     def get_jobs(self, conn: Connection, job_ids: list[UUID]) -> list[Job]:
         """Several jobs by id, whoever owns them (the event broadcaster's re-read)."""
-        return [Job.from_row(r) for r in self._all(conn, Q_GET_JOBS, {"ids": job_ids})]
+        return self._rows(conn, JOB, Q_GET_JOBS, {"ids": job_ids})
 
     def admin_view(self, conn: Connection, name: str) -> list[dict[str, Any]]:
         return self._all(conn, ADMIN_VIEWS[name], {})

@@ -6,15 +6,18 @@ Wrappers over the scaler.* SQL functions (supabase/migrations/20261122000400_sca
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from app.db import Connection
-from app.queue.jobs import JobKind, Reaped, SqlCaller, Worker
+from app.queue.base import SqlCaller
+from app.queue.jobs import REAPED, JobKind, Reaped
+from app.queue.workers import WORKER, Worker
 
 # One scaler acts at a time: a session-level advisory lock ("SCAL").
 SCALER_LOCK_KEY = 0x5343414C
@@ -58,11 +61,8 @@ class MachineRun:
     stop_reason: str | None
     worker_id: UUID | None
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> MachineRun:
-        values = {f.name: row[f.name] for f in fields(cls)}
-        values["hourly_usd"] = float(row["hourly_usd"])
-        return cls(**values)
+    def __post_init__(self) -> None:  # numeric comes as Decimal
+        object.__setattr__(self, "hourly_usd", float(self.hourly_usd))
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +78,6 @@ class ScalerRun:
     errors: list[dict[str, Any]]
     scaled_up: bool
     scaled_down: bool
-
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> ScalerRun:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +103,10 @@ class MachineReport:
             "parked": self.parked,
         }
 
+
+BACKLOG_GROUP = class_row(BacklogGroup)
+MACHINE_RUN = class_row(MachineRun)
+SCALER_RUN = class_row(ScalerRun)
 
 Q_TRY_LOCK = "select pg_try_advisory_lock(%(key)s) as locked"
 Q_UNLOCK = "select pg_advisory_unlock(%(key)s) as unlocked"
@@ -160,12 +160,12 @@ class FleetQueries(SqlCaller):
 
     # --- inputs ---------------------------------------------------------------------------
     def backlog(self, conn: Connection) -> list[BacklogGroup]:
-        return [BacklogGroup(**row) for row in self._all(conn, Q_BACKLOG, {})]
+        return self._rows(conn, BACKLOG_GROUP, Q_BACKLOG, {})
 
     def fleet_workers(self, conn: Connection, machine_ids: Sequence[str]) -> dict[str, Worker]:
         """The newest worker registration of each machine, by machine id."""
-        rows = self._all(conn, Q_FLEET_WORKERS, {"machine_ids": list(machine_ids)})
-        return {row["machine_id"]: Worker.from_row(row) for row in rows}
+        args = {"machine_ids": list(machine_ids)}
+        return {w.machine_id: w for w in self._rows(conn, WORKER, Q_FLEET_WORKERS, args)}
 
     def spend(self, conn: Connection) -> SpendSoFar:
         row = self._one(conn, Q_SPEND, {})
@@ -198,17 +198,16 @@ class FleetQueries(SqlCaller):
             {"id": mid, "before": at.isoformat(), "silent_since": at.isoformat()}
             for mid, at in sorted((rebooted or {}).items())
         ]
-        rows = self._all(
-            conn, Q_RELEASE_DEAD_WORKERS, {"machines": Jsonb(machines), "backoff": backoff_base}
-        )
-        return [Reaped(**r) for r in rows]
+        args = {"machines": Jsonb(machines), "backoff": backoff_base}
+        return self._rows(conn, REAPED, Q_RELEASE_DEAD_WORKERS, args)
 
     # --- records --------------------------------------------------------------------------
     def machine_started(
         self, conn: Connection, *, provider: str, machine_id: str, size: str, hourly_usd: float
     ) -> MachineRun:
-        row = self._one(
+        return self._made(
             conn,
+            MACHINE_RUN,
             Q_MACHINE_STARTED,
             {
                 "provider": provider,
@@ -217,18 +216,16 @@ class FleetQueries(SqlCaller):
                 "hourly_usd": hourly_usd,
             },
         )
-        assert row is not None
-        return MachineRun.from_row(row)
 
     def machine_stop_requested(
         self, conn: Connection, *, provider: str, machine_id: str, reason: str
     ) -> MachineRun | None:
-        row = self._one(
+        return self._row(
             conn,
+            MACHINE_RUN,
             Q_MACHINE_STOP_REQUESTED,
             {"provider": provider, "machine_id": machine_id, "reason": reason},
         )
-        return MachineRun.from_row(row) if row else None
 
     def reconcile_machines(
         self, conn: Connection, *, provider: str, machines: Sequence[MachineReport]
@@ -257,8 +254,9 @@ class FleetQueries(SqlCaller):
         errors: list[dict[str, Any]],
         dry_run: bool = False,
     ) -> ScalerRun:
-        row = self._one(
+        return self._made(
             conn,
+            SCALER_RUN,
             Q_RECORD_RUN,
             {
                 "provider": provider,
@@ -270,13 +268,9 @@ class FleetQueries(SqlCaller):
                 "dry_run": dry_run,
             },
         )
-        assert row is not None
-        return ScalerRun.from_row(row)
 
     def machine_runs(self, conn: Connection, provider: str) -> list[MachineRun]:
-        return [
-            MachineRun.from_row(r) for r in self._all(conn, Q_MACHINE_RUNS, {"provider": provider})
-        ]
+        return self._rows(conn, MACHINE_RUN, Q_MACHINE_RUNS, {"provider": provider})
 
     def last_scaler_runs(self, conn: Connection, limit: int = 10) -> list[ScalerRun]:
-        return [ScalerRun.from_row(r) for r in self._all(conn, Q_LAST_RUNS, {"limit": limit})]
+        return self._rows(conn, SCALER_RUN, Q_LAST_RUNS, {"limit": limit})

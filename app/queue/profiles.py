@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+from psycopg.rows import class_row
 from psycopg.types.json import Jsonb
 
 from app.db import Connection
-from app.queue.jobs import SqlCaller
+from app.queue.base import SqlCaller
 
 Q_RECORD_PROFILE_FILE = """
 select * from queue.record_profile_file(p_profile => %(profile)s,
@@ -31,9 +32,8 @@ class ProfileFile:
     outputs: dict[str, Any]
     processed_at: datetime
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> ProfileFile:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
+
+PROFILE_FILE = class_row(ProfileFile)
 
 
 class ProfileQueries(SqlCaller):
@@ -47,8 +47,9 @@ class ProfileQueries(SqlCaller):
         job_id: UUID | str | None,
         outputs: dict[str, str],
     ) -> ProfileFile:
-        row = self._one(
+        return self._made(
             conn,
+            PROFILE_FILE,
             Q_RECORD_PROFILE_FILE,
             {
                 "profile": profile,
@@ -58,8 +59,6 @@ class ProfileQueries(SqlCaller):
                 "outputs": Jsonb(outputs),
             },
         )
-        assert row is not None
-        return ProfileFile.from_row(row)
 
     def profile_files_processed(
         self, conn: Connection, profile: str, sha256s: list[str]

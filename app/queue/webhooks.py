@@ -6,13 +6,15 @@ dispatcher claims due ones, sends them and records each attempt here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from psycopg.rows import class_row
+
 from app.db import Connection
-from app.queue.jobs import SqlCaller
+from app.queue.base import SqlCaller
 
 WEBHOOKS_CHANNEL = "stemfleet_webhooks"
 
@@ -36,10 +38,6 @@ class WebhookDelivery:
     delivered_at: datetime | None
     created_at: datetime
 
-    @classmethod
-    def from_row(cls, row: dict[str, Any]) -> WebhookDelivery:
-        return cls(**{f.name: row[f.name] for f in fields(cls)})
-
 
 @dataclass(frozen=True, slots=True)
 class WebhookAttempt:
@@ -50,6 +48,9 @@ class WebhookAttempt:
     error: str | None
     duration_ms: float | None
 
+
+DELIVERY = class_row(WebhookDelivery)
+ATTEMPT = class_row(WebhookAttempt)
 
 Q_CLAIM_DELIVERIES = """
 select * from queue.claim_webhook_deliveries(p_limit => %(limit)s,
@@ -76,8 +77,7 @@ class WebhookQueries(SqlCaller):
     def claim_webhook_deliveries(
         self, conn: Connection, *, limit: int = 10, lease: float = 60.0
     ) -> list[WebhookDelivery]:
-        rows = self._all(conn, Q_CLAIM_DELIVERIES, {"limit": limit, "lease": lease})
-        return [WebhookDelivery.from_row(r) for r in rows]
+        return self._rows(conn, DELIVERY, Q_CLAIM_DELIVERIES, {"limit": limit, "lease": lease})
 
     def record_webhook_attempt(
         self,
@@ -93,8 +93,9 @@ class WebhookQueries(SqlCaller):
         max_age: float = 7200.0,
     ) -> WebhookDelivery:
         """`delivery` as claimed (its `attempts` is the attempt being recorded)."""
-        row = self._one(
+        return self._made(
             conn,
+            DELIVERY,
             Q_RECORD_ATTEMPT,
             {
                 "delivery_id": delivery.id,
@@ -108,18 +109,14 @@ class WebhookQueries(SqlCaller):
                 "max_age": max_age,
             },
         )
-        assert row is not None
-        return WebhookDelivery.from_row(row)
 
     def webhook_deliveries_for_job(
         self, conn: Connection, job_id: UUID | str
     ) -> list[WebhookDelivery]:
-        rows = self._all(conn, Q_DELIVERIES_FOR_JOB, {"job_id": job_id})
-        return [WebhookDelivery.from_row(r) for r in rows]
+        return self._rows(conn, DELIVERY, Q_DELIVERIES_FOR_JOB, {"job_id": job_id})
 
     def webhook_attempts(self, conn: Connection, delivery_id: UUID) -> list[WebhookAttempt]:
-        rows = self._all(conn, Q_ATTEMPTS, {"delivery_id": delivery_id})
-        return [WebhookAttempt(**r) for r in rows]
+        return self._rows(conn, ATTEMPT, Q_ATTEMPTS, {"delivery_id": delivery_id})
 
     def next_webhook_due(self, conn: Connection) -> datetime | None:
         row = self._one(conn, Q_NEXT_DUE, {})
