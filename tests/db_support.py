@@ -19,17 +19,19 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any, Self
 
 import psycopg
-from psycopg import Cursor
 from psycopg.abc import Params, Query
-from psycopg.rows import DictRow, dict_row
+from psycopg.rows import dict_row
 
 from app.db import Connection
 
 
-class SavepointPerStatement(psycopg.Connection[DictRow]):
-    """Each `execute` in a savepoint of its own: an error undoes that statement only."""
+class SavepointPerStatement(psycopg.Cursor[Any]):
+    """Each `execute` in a savepoint of its own: an error undoes that statement only. A cursor
+    factory, so that statements run through `conn.cursor(row_factory=...)` (the queue's
+    `class_row` reads) get their savepoint as well as `conn.execute`."""
 
     def execute(
         self,
@@ -37,17 +39,21 @@ class SavepointPerStatement(psycopg.Connection[DictRow]):
         params: Params | None = None,
         *,
         prepare: bool | None = None,
-        binary: bool = False,
-    ) -> Cursor[DictRow]:
-        with self.transaction():
+        binary: bool | None = None,
+    ) -> Self:
+        with self.connection.transaction():
             return super().execute(query, params, prepare=prepare, binary=binary)
 
 
 @contextmanager
 def tx_connection(url: str) -> Iterator[Connection]:
     """A connection to `url` inside a transaction that is rolled back when the block ends."""
-    conn = SavepointPerStatement.connect(
-        url, autocommit=True, row_factory=dict_row, application_name="stemfleet-test-tx"
+    conn = psycopg.connect(
+        url,
+        autocommit=True,
+        row_factory=dict_row,
+        cursor_factory=SavepointPerStatement,
+        application_name="stemfleet-test-tx",
     )
     try:
         with conn.transaction(force_rollback=True):
