@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from audio_fixtures import one_torch_thread, tone, write_random_htdemucs_repo
+from audio_fixtures import one_torch_thread, tone, write_tiny_models
 from demucs.apply import apply_model
 
 from app.errors import ConfigError
@@ -47,12 +47,7 @@ ENGINES = [
 
 @pytest.fixture(scope="module")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("engine-models")
-    write_random_htdemucs_repo(repo, name="tiny_htdemucs")
-    write_random_htdemucs_repo(
-        repo, name="tiny_bag", models=2, weights=[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]
-    )
-    return repo
+    return write_tiny_models(tmp_path_factory.mktemp("engine-models"))
 
 
 @pytest.fixture(scope="session")

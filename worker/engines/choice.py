@@ -11,7 +11,12 @@ import torch
 
 from worker.engines import REGISTRY, EngineUnavailable
 
-# device -> the engine `auto` picks there (figures: bench/results/engines.md)
+# device -> the engine `auto` picks there (figures: bench/results/engines.md). The rule: a
+# compiled engine may not make a cold worker's first job slower than eager by more than its
+# gain on that job. cpu: a cold Inductor compile of even the tests' tiny HTDemucs did not finish
+# in 15 min on 2 cores (156 CPU-s in Python alone, plus g++), more than eager spends on ~20 full
+# htdemucs segments (6.8 CPU-s each), and the compiled gain per segment is unmeasured: eager.
+# cuda: not measured in this session (no GPU lent): eager until bench/gpu.sh measures compiled.
 AUTO: dict[str, str] = {
     "cpu": "eager",
     "cuda": "eager",
