@@ -125,9 +125,9 @@ class Separator:
         return self._batch_sizes[key]
 
     def auto_group_size(self) -> int:
-        """How many queued jobs to separate together when STEMFLEET_GROUP_JOBS is 0: one where
-        a forward pass holds one segment (CPU), else as many as a pass holds, up to
-        MAX_AUTO_GROUP, so short clips fill large accelerator batches."""
+        """How many queued jobs to separate together when STEMFLEET_GROUP_JOBS is 0: as many
+        as a pass holds (on CPU one per lane), up to MAX_AUTO_GROUP, so short clips fill large
+        accelerator batches and every CPU lane."""
         segment = int(float(self.loaded.members[0].segment) * self.loaded.samplerate)
         return max(1, min(MAX_AUTO_GROUP, self.batch_size_for(self.loaded, segment)))
 
