@@ -98,8 +98,12 @@ def one_run(url: str, data: Path, *, engine: str, model: str, repo: Path, cache:
                     cpu = times.user + times.system + times.children_user + times.children_system
                 time.sleep(0.02)
     finally:
-        process.terminate()
-        process.wait(60)
+        process.terminate()  # a worker mid-compile finishes its job first: kill it then
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
     assert claimed is not None
     return {"start_to_claim": claimed - started, "job": finished - claimed, "cpu": cpu}
 
