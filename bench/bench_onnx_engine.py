@@ -31,7 +31,7 @@ from _common import machine_info, markdown_table, now_utc, write_result
 from demucs.htdemucs import HTDemucs
 from fetch_model import HTDEMUCS_KWARGS
 
-from worker.engines import onnx_runtime
+from worker.engines import onnx_runtime, onnx_split
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -49,8 +49,30 @@ def timed(forward: Forward, mix: torch.Tensor) -> tuple[float, float, torch.Tens
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
+def openvino_forward(model: HTDemucs, cache: Path, threads: int) -> Forward:
+    """The same exported network on OpenVINO's CPU plugin (`pip install openvino`; not a
+    dependency of stemfleet), STFT and iSTFT in PyTorch as in the onnx engine."""
+    import openvino
+
+    exported = next(p for p in (cache / "onnx").glob("*.onnx") if ".opt." not in p.name)
+    compiled = openvino.Core().compile_model(
+        str(exported), "CPU", {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
+    )
+
+    def forward(mix: torch.Tensor) -> torch.Tensor:
+        z, mag, padded = onnx_split.front(model, mix)
+        result = compiled({"mag": mag.numpy(), "mix": padded.numpy()})
+        x, xt = (torch.from_numpy(result[name]) for name in ("x", "xt"))
+        return onnx_split.back(model, z, x, xt, mix.shape[-1])
+
+    return forward
+
+
 def variant(model: HTDemucs, name: str, cache: Path) -> Forward:
-    """An onnx Forward with the settings `name` ("all", "extended", "basic", "sessions2")."""
+    """An onnx Forward with the settings `name` ("all", "extended", "basic", "sessions2"), or
+    OpenVINO's ("openvino")."""
+    if name == "openvino":
+        return openvino_forward(model, cache, torch.get_num_threads())
     if name.startswith("sessions"):
         return onnx_runtime.prepare(
             model, device="cpu", precision="fp32", cache_dir=cache, sessions=int(name[8:])
@@ -79,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     engines: dict[str, Forward] = {"eager": model}
     for name in args.variants.split(","):
-        engines[f"onnx-{name}"] = variant(model, name, cache)
+        label = name if name == "openvino" else f"onnx-{name}"
+        engines[label] = variant(model, name, cache)
         if len(engines) == 2:
             cold = time.perf_counter() - started
     started = time.perf_counter()
