@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from app.log import get_logger
+from worker.engines import Forward
 from worker.engines.onnx_split import (
     HTDemucsNetwork,
     Unsupported,
@@ -43,8 +44,6 @@ from worker.engines.onnx_split import (
     front,
     input_length,
 )
-
-Forward = Callable[[torch.Tensor], torch.Tensor]
 
 OPSET = 17
 EXPORTER = "torchscript"

@@ -24,10 +24,10 @@ from einops import rearrange
 from torch import nn
 from torch.nn import functional as F
 
-from app.errors import ConfigError
+from worker.engines import EngineUnavailable
 
 
-class Unsupported(ConfigError):
+class Unsupported(EngineUnavailable):
     """The model cannot run on the ONNX engine (its architecture, its settings, the precision
     or the device asked for): the message names STEMFLEET_ENGINE."""
 
