@@ -69,10 +69,17 @@ def openvino_forward(model: HTDemucs, cache: Path, threads: int) -> Forward:
 
 
 def variant(model: HTDemucs, name: str, cache: Path) -> Forward:
-    """An onnx Forward with the settings `name` ("all", "extended", "basic", "sessions2"), or
-    OpenVINO's ("openvino")."""
+    """An onnx Forward with the settings `name` (an optimisation level "all", "extended",
+    "basic"; "sessions2": two sessions of half the threads; "nospin": intra-op threads that do
+    not spin), or OpenVINO's ("openvino")."""
     if name == "openvino":
         return openvino_forward(model, cache, torch.get_num_threads())
+    if name == "nospin":
+        onnx_runtime.SPIN = False
+        try:
+            return variant(model, onnx_runtime.OPTIMIZATION, cache)
+        finally:
+            onnx_runtime.SPIN = True
     if name.startswith("sessions"):
         return onnx_runtime.prepare(
             model, device="cpu", precision="fp32", cache_dir=cache, sessions=int(name[8:])
@@ -91,23 +98,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--variants", default="all", help="comma list: all,extended,basic,...")
-    parser.add_argument("--name", default="onnx_engine")
+    parser.add_argument("--name", default="onnx_engine.md")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model = released_model()
     params = sum(p.numel() for p in model.parameters())
     cache = Path(tempfile.mkdtemp(prefix="stemfleet-onnx-bench-"))
 
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     engines: dict[str, Forward] = {"eager": model}
     for name in args.variants.split(","):
         label = name if name == "openvino" else f"onnx-{name}"
         engines[label] = variant(model, name, cache)
         if len(engines) == 2:
             cold = time.perf_counter() - started
-    started = time.perf_counter()
-    variant(model, "all", cache)
-    warm = time.perf_counter() - started
+            cold_cpu = time.process_time() - started_cpu
+    first = args.variants.split(",")[0]
+    started, started_cpu = time.perf_counter(), time.process_time()
+    variant(model, first, cache)
+    warm, warm_cpu = time.perf_counter() - started, time.process_time() - started_cpu
 
     length = int(model.segment * model.samplerate)
     audio_s = args.batch * length / model.samplerate
@@ -148,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
             "",
             "Machine: " + ", ".join(f"{k}: {v}" for k, v in machine_info().items()),
             "",
-            f"Export cold (trace + ONNX + ORT optimisation, no cache): {cold:.1f} s; "
-            f"prepare warm (cached optimised model): {warm:.2f} s.",
+            f"Export cold (trace + ONNX + ORT optimisation, no cache, `{first}`): {cold:.1f} s "
+            f"wall, {cold_cpu:.1f} s CPU; prepare warm (the cached optimised model): "
+            f"{warm:.2f} s wall, {warm_cpu:.2f} s CPU.",
+            "",
+            f"Largest output value (eager): {outputs['eager'].abs().max().item():.3g}.",
             "",
             f"One forward of {args.batch} x 7.8 s segment(s), best of {args.rounds} "
             "(rotating order):",
