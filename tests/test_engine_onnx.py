@@ -94,6 +94,15 @@ def test_other_weights_are_exported_again(
     assert len(set(_files(cache)) - before) == 2
 
 
+def test_the_cache_key_tells_apart_settings_that_no_module_shows() -> None:
+    model = _htdemucs(0)
+    other = HTDemucs(**small_htdemucs_kwargs(), t_max_period=5000.0).eval()
+    other.load_state_dict(model.state_dict())
+    assert repr(other) == repr(model)
+    assert onnx_runtime.weights_signature(other) != onnx_runtime.weights_signature(model)
+    assert onnx_runtime.weights_signature(_htdemucs(0)) == onnx_runtime.weights_signature(model)
+
+
 def test_sessions_run_a_batch_concurrently_with_the_same_numbers(
     model: HTDemucs, cache: Path, forward: onnx_runtime.Forward
 ) -> None:

@@ -104,8 +104,11 @@ def prepare(
 
 
 def weights_signature(model: torch.nn.Module) -> str:
-    """sha256 of the model's architecture (its repr) and every tensor of its state dict."""
+    """sha256 of the model's architecture (its repr and Demucs' recorded init arguments, which
+    hold settings no module shows, such as the positional embedding's period) and every tensor
+    of its state dict."""
     digest = hashlib.sha256(repr(model).encode())
+    digest.update(repr(getattr(model, "_init_args_kwargs", None)).encode())
     for name, tensor in model.state_dict().items():
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
