@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import threading
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,14 @@ _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 
 # max abs difference to apply_model, fp32, per engine (the same bound is stated in the README)
 TOLERANCE = {"eager": 1e-4, "compiled": 1e-4, "onnx": 1e-4}
-# the engines whose module is in this tree (onnx arrives with worker/engines/onnx_runtime.py)
-ENGINES = [kind for kind, module in REGISTRY.items() if importlib.util.find_spec(module)]
+# the engines whose module is in this tree (onnx arrives with worker/engines/onnx_runtime.py);
+# compiling takes minutes per model on CPU (bench/results/engines.md), so the compiled engine's
+# cases carry the `compile` marker: deselected by default, `make test-compile` runs them
+ENGINES = [
+    pytest.param(kind, marks=pytest.mark.compile) if kind == "compiled" else kind
+    for kind, module in REGISTRY.items()
+    if importlib.util.find_spec(module)
+]
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +119,32 @@ def test_engine_equals_demucs_apply_model(
         assert got.shape == wav.shape
         difference = (got - want).abs().max().item()
         assert difference <= TOLERANCE[engine], (engine, name, difference)
+
+
+def test_cpu_lanes_run_one_segment_per_thread_and_equal_apply_model(model_repo: Path) -> None:
+    separator = Separator(
+        load_settings(model="tiny_htdemucs", model_repo=model_repo, device="cpu", cpu_lanes=2)
+    )
+    assert separator.lanes == 2
+    assert separator.batch_size_for(separator.loaded, 88200) == 2  # a pass: one per lane
+    seen: list[tuple[str, int, int]] = []
+    separator.loaded.members[0].register_forward_hook(
+        lambda _m, args, _out: seen.append(
+            (threading.current_thread().name, torch.get_num_threads(), args[0].shape[0])
+        )
+    )
+    wav = torch.from_numpy(tone(4.3))
+    params = JobParams(shifts=0)
+    reference = _reference(separator, wav, params)
+    seen.clear()
+
+    stems = separator.separate(wav, params)
+
+    out = torch.stack([stems[source] for source in separator.sources])
+    assert (out - reference).abs().max().item() <= 1e-5
+    assert len(seen) == 3  # segments of 2 s every 1.5 s over 4.3 s
+    for thread, threads, batch in seen:
+        assert thread.startswith("segment-lane") and threads == 1 and batch == 1
 
 
 def test_auto_picks_the_measured_engine_of_the_device() -> None:
