@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     # pass holds one segment (CPU), else up to 8
     group_jobs: int = Field(0, ge=0)
     threads: int = Field(0, ge=0)  # CPU threads for torch; 0 = torch's default
+    # how a forward pass runs (worker/engines): auto = the fastest that passes the equivalence
+    # tests on the device; eager = PyTorch as Demucs runs it; compiled = torch.compile
+    # (Inductor); onnx = ONNX Runtime
+    engine: Literal["auto", "eager", "compiled", "onnx"] = "auto"
+    compile_cache: Path | None = None  # compiled engine's artefacts; default <data_dir>/compile
     lease: Duration = 60.0
     heartbeat_interval: Duration = 10.0
     poll_interval: Duration = 5.0
@@ -219,6 +224,10 @@ class Settings(BaseSettings):
     @property
     def local_storage_root(self) -> Path:
         return self.storage_root or self.data_dir / "storage"
+
+    @property
+    def compile_cache_dir(self) -> Path:
+        return self.compile_cache or self.data_dir / "compile"
 
     @property
     def rules(self) -> list[tuple[int, int]]:

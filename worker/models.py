@@ -26,6 +26,7 @@ from app.clock import Clock
 from app.errors import ConfigError, PermanentJobError
 from app.log import get_logger
 from app.params import KNOWN_MODELS, model_folder_names
+from worker.engines import Forward, prepare
 
 MODEL_FAILURE_TTL = 300.0  # seconds a model that failed to load is not tried again
 
@@ -97,14 +98,22 @@ def pick_device(setting: str) -> str:
 
 @dataclass
 class LoadedModel:
-    """A model ready on its device, with what the pipeline needs to know about it."""
+    """A model ready on its device, with what the pipeline needs to know about it: `members`
+    are the Demucs modules (their segment, rate, valid lengths), `forwards` run them (one per
+    member, by the worker's engine: see worker/engines)."""
 
     name: str
     model: Any
     samplerate: int
     audio_channels: int
     sources: list[str]
+    forwards: list[Forward] = field(default_factory=list)
+    engine: str = "eager"
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if not self.forwards:
+            self.forwards = list(self.members)
 
     @property
     def members(self) -> list[Any]:
@@ -116,23 +125,40 @@ class LoadedModel:
         return min(limits) if limits else float("inf")
 
 
-def load_onto(name: str, repo: Path | None, device: str, *, precision: str) -> LoadedModel:
-    """`load_model`, moved to `device` (`precision` is only logged)."""
+def load_onto(
+    name: str,
+    repo: Path | None,
+    device: str,
+    *,
+    precision: str,
+    engine: str = "eager",
+    cache_dir: Path | None = None,
+) -> LoadedModel:
+    """`load_model`, moved to `device`, each member prepared by `engine` (a concrete engine of
+    worker/engines; `cache_dir` holds its artefacts)."""
     started = time.perf_counter()
     model = load_model(name, repo)
     model.to(device)
+    members = list(model.models) if isinstance(model, BagOfModels) else [model]
+    forwards = [
+        prepare(engine, member, device=device, precision=precision, cache_dir=cache_dir)
+        for member in members
+    ]
     loaded = LoadedModel(
         name=name,
         model=model,
         samplerate=int(model.samplerate),
         audio_channels=int(model.audio_channels),
         sources=list(model.sources),
+        forwards=forwards,
+        engine=engine,
     )
     get_logger().info(
         "model_loaded",
         model=name,
         device=device,
         precision=precision,
+        engine=engine,
         seconds=round(time.perf_counter() - started, 3),
     )
     return loaded

@@ -18,6 +18,7 @@ import torch
 
 from app.log import get_logger
 from worker.engine import Engine, JobCancelled, Segment, Stream, StreamResult
+from worker.engines import Forward
 from worker.models import LoadedModel
 
 
@@ -26,7 +27,7 @@ def run_streams(
 ) -> list[StreamResult]:
     """Separate `streams` with `loaded` on `device`, `batch_size` segments per pass at most
     (see `run_shared`); one run at a time per model."""
-    model = ModelRunner(loaded.members, device, precision, batch_size)
+    model = ModelRunner(loaded.forwards, device, precision, batch_size)
     engines = [Engine(loaded, stream, device) for stream in streams]
     with loaded.lock:
         run_shared(engines, model)
@@ -34,11 +35,14 @@ def run_streams(
 
 
 class ModelRunner:
-    """Forward passes of one model on one device: autocast, and on CUDA out-of-memory the
-    batch halves (for the rest of the run) instead of failing."""
+    """Forward passes of one model on one device, each member run by its prepared forward
+    (worker/engines): autocast, and on CUDA out-of-memory the batch halves (for the rest of the
+    run) instead of failing."""
 
-    def __init__(self, members: list[Any], device: str, precision: str, batch_size: int) -> None:
-        self.members = members
+    def __init__(
+        self, forwards: list[Forward], device: str, precision: str, batch_size: int
+    ) -> None:
+        self.forwards = forwards
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
@@ -47,7 +51,7 @@ class ModelRunner:
         while True:
             try:
                 with self._autocast():
-                    return self.members[member](inputs).float()
+                    return self.forwards[member](inputs).float()
             except torch.cuda.OutOfMemoryError:
                 if inputs.shape[0] == 1:
                     raise

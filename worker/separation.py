@@ -20,6 +20,7 @@ from app.log import get_logger
 from app.params import JobParams
 from app.settings import Settings
 from worker.engine import ProgressFn, StopFn, Stream, StreamResult, normalisation, tensor_reader
+from worker.engines.choice import resolve
 from worker.models import LoadedModel, ModelFailures, load_onto, pick_device
 from worker.passes import run_streams
 
@@ -47,6 +48,7 @@ class Separator:
                 "precision_unsupported", precision="fp16", device="cpu", using="fp32"
             )
             self.precision = "fp32"
+        self.engine = resolve(settings.engine, self.device)
         self.model_name = settings.model
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._batch_sizes: dict[tuple[str, int], int] = {}
@@ -57,7 +59,14 @@ class Separator:
 
     # --- models ----------------------------------------------------------------------------
     def _load(self, name: str) -> LoadedModel:
-        return load_onto(name, self.settings.model_repo, self.device, precision=self.precision)
+        return load_onto(
+            name,
+            self.settings.model_repo,
+            self.device,
+            precision=self.precision,
+            engine=self.engine,
+            cache_dir=self.settings.compile_cache_dir,
+        )
 
     def model_for(self, name: str | None) -> LoadedModel:
         """The model a job asks for (None: the configured one), loading it if needed. Up to
@@ -120,7 +129,7 @@ class Separator:
 
     def _measure_batch_size(self, loaded: LoadedModel, segment_frames: int) -> int:
         """Run one segment, see how much memory it took, fill 70% of what is free."""
-        member = loaded.members[0]
+        forward = loaded.forwards[0]
         probe = torch.zeros(1, loaded.audio_channels, segment_frames, device=self.device)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -130,7 +139,7 @@ class Separator:
             torch.autocast("cuda", dtype=dtype) if dtype else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            member(probe)
+            forward(probe)
         per_item = max(1, torch.cuda.max_memory_allocated() - before)
         free, _ = torch.cuda.mem_get_info()
         size = int(max(1, min(MAX_AUTO_BATCH, 0.7 * free // per_item)))

@@ -1,0 +1,139 @@
+"""Every engine (worker/engines) gives Demucs' own `apply_model` numbers: fp32, max abs
+difference <= 1e-4 per engine (TOLERANCE below), for HTDemucs, a weighted bag (as
+htdemucs_ft), `--two-stems` and HDemucs (whose last segment is shorter: the compiled engine must
+not recompile for each tail length). Also the setting itself: `auto`, and the errors of an
+unknown or unavailable engine.
+
+The models are tiny random-weight ones and the compiled engine shares one Inductor cache for the
+session, so compiling costs seconds, not minutes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from audio_fixtures import one_torch_thread, tone, write_random_htdemucs_repo
+from demucs.apply import apply_model
+
+from app.errors import ConfigError
+from app.params import JobParams
+from app.settings import load_settings
+from worker.engine import normalisation
+from worker.engines import REGISTRY, EngineUnavailable, prepare
+from worker.engines.choice import AUTO, resolve
+from worker.pipeline import output_plan
+from worker.separation import Separator
+
+pytestmark = pytest.mark.slow
+
+_one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
+
+# max abs difference to apply_model, fp32, per engine (the same bound is stated in the README)
+TOLERANCE = {"eager": 1e-4, "compiled": 1e-4, "onnx": 1e-4}
+# the engines whose module is in this tree (onnx arrives with worker/engines/onnx_runtime.py)
+ENGINES = [kind for kind, module in REGISTRY.items() if importlib.util.find_spec(module)]
+
+
+@pytest.fixture(scope="module")
+def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    repo = tmp_path_factory.mktemp("engine-models")
+    write_random_htdemucs_repo(repo, name="tiny_htdemucs")
+    write_random_htdemucs_repo(
+        repo, name="tiny_bag", models=2, weights=[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]
+    )
+    return repo
+
+
+@pytest.fixture(scope="session")
+def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("compile-cache")
+
+
+def _separator(engine: str, model: str, repo: Path | None, cache: Path) -> Separator:
+    settings = load_settings(
+        model=model,
+        model_repo=repo,
+        device="cpu",
+        batch_size=2,
+        engine=engine,
+        compile_cache=cache,
+    )
+    return Separator(settings)
+
+
+def _reference(separator: Separator, wav: torch.Tensor, params: JobParams) -> torch.Tensor:
+    """Demucs' own path: apply_model on the normalised mix, denormalised ([S, C, T])."""
+    mean, std = normalisation(wav)
+    out = apply_model(
+        separator.loaded.model,
+        ((wav - mean) / std)[None],
+        shifts=params.shifts,
+        split=True,
+        overlap=params.overlap,
+        segment=params.segment,
+    )
+    return out[0] * std + mean
+
+
+CASES = {
+    "htdemucs": ("tiny_htdemucs", 3.3, JobParams(shifts=0)),
+    "bag": ("tiny_bag", 2.3, JobParams(shifts=0, segment=1.5, overlap=0.5)),
+    "two-stems": ("tiny_htdemucs", 2.7, JobParams(shifts=0, two_stems="vocals")),
+    "hdemucs": ("demucs_unittest", 2.1, JobParams(shifts=0, segment=0.8)),
+}
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("case", list(CASES))
+def test_engine_equals_demucs_apply_model(
+    engine: str, case: str, model_repo: Path, compile_cache: Path
+) -> None:
+    model, seconds, params = CASES[case]
+    repo = None if model == "demucs_unittest" else model_repo
+    separator = _separator(engine, model, repo, compile_cache)
+    assert separator.engine == engine
+    wav = torch.from_numpy(tone(seconds))
+    random.seed(0)
+    reference = _reference(separator, wav, params)
+
+    stems = separator.separate(wav, params)
+
+    out = torch.stack([stems[source] for source in separator.sources])
+    for name, indices in output_plan(separator.sources, params):
+        got, want = out[indices].sum(0), reference[indices].sum(0)
+        assert got.shape == wav.shape
+        difference = (got - want).abs().max().item()
+        assert difference <= TOLERANCE[engine], (engine, name, difference)
+
+
+def test_auto_picks_the_measured_engine_of_the_device() -> None:
+    assert resolve("auto", "cpu") == AUTO["cpu"]
+    assert resolve("auto", "cuda") == AUTO["cuda"]
+    assert resolve("eager", "cpu") == "eager"
+    assert set(AUTO.values()) <= set(REGISTRY)
+
+
+def test_an_unknown_engine_is_a_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("STEMFLEET_ENGINE", "turbo")
+    with pytest.raises(ConfigError, match="STEMFLEET_ENGINE"):
+        load_settings()
+    with pytest.raises(EngineUnavailable, match="STEMFLEET_ENGINE='turbo'"):
+        resolve("turbo", "cpu")
+
+
+def test_an_engine_that_cannot_run_here_is_a_config_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    member = torch.nn.Identity()
+    with pytest.raises(EngineUnavailable, match="STEMFLEET_ENGINE=compiled runs on cpu and cuda"):
+        prepare("compiled", member, device="mps", precision="fp32", cache_dir=None)
+    # an engine whose module (or a dependency of it) is not installed on this worker
+    monkeypatch.setitem(REGISTRY, "absent", "worker.engines.not_installed")
+    with pytest.raises(EngineUnavailable, match="STEMFLEET_ENGINE=absent is not available"):
+        prepare("absent", member, device="cpu", precision="fp32", cache_dir=None)
