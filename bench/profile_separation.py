@@ -5,7 +5,7 @@ padding, the mix's normalisation, masks).
 
     .venv/bin/python bench/profile_separation.py                    # CPU: results/profile_cpu.md
     .venv/bin/python bench/profile_separation.py --device cuda      # results/profile_cuda.md
-    .venv/bin/python bench/profile_separation.py --quick            # tiny model: a smoke check
+    .venv/bin/python bench/profile_separation.py --quick            # htdemucs_tiny: a check
 
 The segment goes through Demucs' own `apply_model` (shifts=1, overlap 0.25), the CLI's path,
 on a mix exactly one segment long. Every op's *self* time (CPU time on CPU, kernel time on CUDA)
@@ -71,15 +71,10 @@ LABEL = "sf::"
 
 
 def build_model(quick: bool) -> Any:
-    """htdemucs as released (scripts/fetch_model.py), or Demucs' tiny test model."""
-    from demucs.pretrained import get_model
+    """htdemucs as released, or its tiny stand-in (scripts/fetch_model.py, random weights)."""
     from fetch_model import random_weights_model
 
-    if quick:
-        torch.manual_seed(0)
-        model = get_model("demucs_unittest")
-    else:
-        model = random_weights_model("htdemucs").models[0]
+    model = random_weights_model("htdemucs_tiny" if quick else "htdemucs").models[0]
     return model.eval()
 
 
@@ -190,7 +185,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ops[(event.name, group)][1] += 1
     flops = sum(float(getattr(e, "flops", 0) or 0) for e in events)
     return {
-        "model": "demucs_unittest (tiny)" if args.quick else "htdemucs (released architecture)",
+        "model": "htdemucs_tiny (a check, not a published model)"
+        if args.quick
+        else "htdemucs (released architecture)",
         "parameters": sum(p.numel() for p in model.parameters()),
         "segment_s": float(model.segment),
         "timed": timed,
@@ -203,7 +200,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(args: argparse.Namespace, figures: dict[str, Any], command: str) -> str:
-    unit = "kernel time" if args.device == "cuda" else "CPU time (all threads' self time)"
+    unit = (
+        "kernel time"
+        if args.device == "cuda"
+        else "time inside each op on the calling thread: an op's worker threads are not added"
+    )
     total_us = sum(figures["groups"].values()) or 1.0
     group_rows = [
         [name, f"{figures['groups'].get(name, 0.0) / 1000:,.1f}",
@@ -277,7 +278,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=2, help="timed passes without profiler")
     parser.add_argument("--top", type=int, default=15, help="ops listed")
-    parser.add_argument("--quick", action="store_true", help="Demucs' tiny test model")
+    parser.add_argument("--quick", action="store_true", help="htdemucs_tiny: a check")
     parser.add_argument(
         "--results", type=Path, default=None, help="default: bench/results/profile_DEVICE.md"
     )
