@@ -34,8 +34,14 @@ _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 
 # max abs difference to apply_model, fp32, per engine (the same bound is stated in the README)
 TOLERANCE = {"eager": 1e-4, "compiled": 1e-4, "onnx": 1e-4}
-# the engines whose module is in this tree (onnx arrives with worker/engines/onnx_runtime.py)
-ENGINES = [kind for kind, module in REGISTRY.items() if importlib.util.find_spec(module)]
+# the engines whose module is in this tree (onnx arrives with worker/engines/onnx_runtime.py);
+# compiling takes minutes per model on CPU (bench/results/engines.md), so the compiled engine's
+# cases carry the `compile` marker: deselected by default, `make test-compile` runs them
+ENGINES = [
+    pytest.param(kind, marks=pytest.mark.compile) if kind == "compiled" else kind
+    for kind, module in REGISTRY.items()
+    if importlib.util.find_spec(module)
+]
 
 
 @pytest.fixture(scope="module")
