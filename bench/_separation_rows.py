@@ -5,7 +5,9 @@ round and says how long that took.
   all the clips' jobs are queued (a user's uploads, then a worker that comes up to a backlog):
   wall time from the process' start to the last job seen succeeded, so its start-up (imports,
   model load, any compilation) is in it, as the CLI's is in the CLI's; the start-up itself
-  (process start → first job claimed, database clock) is reported too. CPU time: the worker
+  (process start → first job claimed, database clock) is reported too. The engine's artefact
+  cache (STEMFLEET_COMPILE_CACHE) is kept across rounds: the first round compiles or exports
+  cold, later ones start like a restarted worker. CPU time: the worker
   process and its children (psutil), read when the last job is final.
 - `CliAllRow`: `python -m demucs.separate` given every clip in one invocation (`demucs *.wav`).
 - `CliPerClipRow`: the same command once per clip.
@@ -112,6 +114,9 @@ class WorkerRow(Row):
             "STEMFLEET_LOG_LEVEL": "WARNING",
             "STEMFLEET_MACHINE_ID": f"bench-{self.engine}-{uuid.uuid4().hex[:6]}",
             "STEMFLEET_ENGINE": self.engine,
+            # one artefact cache per engine across rounds: round 1 starts cold (compile or
+            # export inside its time), later rounds start as a restarted worker does
+            "STEMFLEET_COMPILE_CACHE": str(o.workdir / f"engine-cache-{self.engine}"),
         }
         return env
 
