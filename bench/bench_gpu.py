@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 from app.params import parse_params  # noqa: E402
 from app.settings import load_settings  # noqa: E402
-from bench._common import load_average, machine_info, markdown_table, now_utc  # noqa: E402
+from bench._common import load_average, machine_info, markdown_table, now_utc, publish  # noqa: E402
 from worker.engine import Stream, normalisation, tensor_reader  # noqa: E402
 from worker.separation import Separator  # noqa: E402
 
@@ -365,10 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repo = args.workdir / "models"
         save_local_repo(args.model, random_weights_model(args.model), args.repo)
         text = report(args, sweep(args), " ".join(["bench/bench_gpu.py", *given]))
-    print(text)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(f"wrote {args.results}", file=sys.stderr)
+    publish(text, args.results)
     return 0
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import bench_postgres, load_average
+from bench._common import bench_postgres, load_average, publish
 from bench._separation_common import (
     ROOT,
     audio_seconds,
@@ -181,11 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
-    print(text)
-    if args.results is not None:
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(text)
-        say(f"wrote {args.results}")
+    publish(text, args.results)
     return 0
 
 

@@ -37,7 +37,7 @@ for _path in (ROOT, ROOT / "scripts"):
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from bench._common import load_average, machine_info, markdown_table, now_utc  # noqa: E402
+from bench._common import load_average, machine_info, markdown_table, now_utc, publish  # noqa: E402
 
 GROUPS = (
     "STFT / iSTFT",
@@ -296,10 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         ["bench/profile_separation.py", *(argv if argv is not None else sys.argv[1:])]
     )
     text = report(args, measure(args), command)
-    print(text)
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.write_text(text)
-    print(f"wrote {args.results}", file=sys.stderr)
+    publish(text, args.results)
     return 0
 
 
