@@ -225,44 +225,65 @@ def gpu_name(device: str) -> str:
         return torch.cuda.get_device_name(0)
 
 
-def variants_for(args: argparse.Namespace) -> list[Variant]:
+def variants_for(args: argparse.Namespace) -> tuple[list[Variant], list[Variant]]:
+    """The eager variants (run first), then the other engines' (compilation can be long)."""
     if args.device == "cuda":  # TF32 and fp16 autocast exist on CUDA only
-        found = [Variant("eager", "fp32"), Variant("eager", "fp32", tf32=True)]
-        found += [Variant("eager", "bf16"), Variant("eager", "fp16")]
+        eager = [Variant("eager", "fp32"), Variant("eager", "fp32", tf32=True)]
+        eager += [Variant("eager", "bf16"), Variant("eager", "fp16")]
     else:
-        found = [Variant("eager", "fp32"), Variant("eager", "bf16")]
-    for engine in args.engines:
-        if engine != "eager":
-            found += [Variant(engine, "fp32"), Variant(engine, "bf16")]
-    found += [Variant("eager", "bf16", batch_size=b) for b in args.batches]
-    return found
+        eager = [Variant("eager", "fp32"), Variant("eager", "bf16")]
+    eager += [Variant("eager", "bf16", batch_size=b) for b in args.batches]
+    others = [Variant(e, p) for e in args.engines if e != "eager" for p in ("fp32", "bf16")]
+    return eager, others
 
 
-def sweep(args: argparse.Namespace) -> dict[str, Any]:
+def sweep(args: argparse.Namespace, save: Any) -> dict[str, Any]:
+    """Every variant, the probes, then the other engines; `save(found)` after each step, so a
+    sweep stopped at its time limit leaves what it measured."""
     started = time.perf_counter()
     track = music(args.track_seconds, seed=1)
     warm = music(min(args.track_seconds, 10.0), seed=2)
-    reference: torch.Tensor | None = None
-    done, skipped = [], []
-    for variant in variants_for(args):
-        if time.perf_counter() - started > args.budget_s:
-            skipped.append(variant.label)
-            continue
-        stems = run_variant(args, variant, track, warm)
-        if stems is not None and reference is None:
-            reference = stems  # the first variant is eager fp32 without TF32
-        if stems is not None and reference is not None:
-            diff = (stems - reference).abs()
-            variant.max_abs = float(diff.max())
-            variant.rel_err = float((stems - reference).norm() / reference.norm().clamp_min(1e-12))
-        print(f"{variant.label}: {variant.track_s:.3f} s {variant.error}", file=sys.stderr)
-        done.append(variant)
-    best = min((v for v in done if not v.error), key=lambda v: v.track_s, default=None)
-    batch = best.chosen_batch if best else 1
-    graphs = graph_probe(args, batch) if time.perf_counter() - started < args.budget_s else {}
-    group = group_probe(args, "bf16" if args.device == "cuda" else "fp32")
-    return {"variants": done, "skipped": skipped, "graphs": graphs, "group": group,
-            "elapsed_s": time.perf_counter() - started}  # fmt: skip
+    found: dict[str, Any] = {"variants": [], "skipped": [], "graphs": {}, "group": None}
+    reference: list[torch.Tensor] = []
+
+    def run_all(variants: list[Variant]) -> None:
+        for variant in variants:
+            if time.perf_counter() - started > args.budget_s:
+                found["skipped"].append(variant.label)
+                continue
+            stems = run_variant(args, variant, track, warm)
+            if stems is not None and not reference:
+                reference.append(stems)  # the first variant is eager fp32 without TF32
+            if stems is not None:
+                diff = stems - reference[0]
+                variant.max_abs = float(diff.abs().max())
+                variant.rel_err = float(diff.norm() / reference[0].norm().clamp_min(1e-12))
+            print(f"{variant.label}: {variant.track_s:.3f} s {variant.error}", file=sys.stderr)
+            found["variants"].append(variant)
+            found["elapsed_s"] = time.perf_counter() - started
+            save(found)
+
+    eager, others = variants_for(args)
+    run_all(eager)
+    best = min((v for v in found["variants"] if not v.error), key=lambda v: v.track_s, default=None)
+    found["graphs"] = graph_probe(args, best.chosen_batch if best else 1)
+    found["group"] = group_probe(args, "bf16" if args.device == "cuda" else "fp32")
+    found["elapsed_s"] = time.perf_counter() - started
+    save(found)
+    run_all(others)
+    return found
+
+
+def group_line(args: argparse.Namespace, group: dict[str, Any]) -> str:
+    if not group:
+        return "- not run (yet)"
+    return (
+        f"- {args.group} clips of {args.group_seconds:g} s, {group['precision']}: one after "
+        f"another {group['alone_s']:.2f} s, together (run_together) {group['together_s']:.2f} s "
+        f"({group['alone_s'] / group['together_s']:.2f}x); "
+        f"{group['audio_s'] / group['together_s']:,.0f}x real time together."
+        + (f" Errors: {group['errors']}" if group["errors"] else "")
+    )
 
 
 def report(args: argparse.Namespace, found: dict[str, Any], command: str) -> str:
@@ -280,7 +301,7 @@ def report(args: argparse.Namespace, found: dict[str, Any], command: str) -> str
     header = ["variant", "set-up s (load, prepare, warm-up)", f"{seconds:g} s track, s",
               "x real time", "batch", "max abs diff vs fp32", "relative error",
               "peak / note"]  # fmt: skip
-    group = found["group"]
+    group = found["group"] or {}
     graphs = ", ".join(
         f"{k}: {v:.2f}" if isinstance(v, float) else f"{k}: {v}" for k, v in found["graphs"].items()
     )
@@ -312,11 +333,7 @@ def report(args: argparse.Namespace, found: dict[str, Any], command: str) -> str
         "",
         "## Cross-job batching",
         "",
-        f"- {args.group} clips of {args.group_seconds:g} s, {group['precision']}: one after "
-        f"another {group['alone_s']:.2f} s, together (run_together) {group['together_s']:.2f} s "
-        f"({group['alone_s'] / group['together_s']:.2f}x); "
-        f"{group['audio_s'] / group['together_s']:,.0f}x real time together."
-        + (f" Errors: {group['errors']}" if group["errors"] else ""),
+        group_line(args, group),
         "",
         "Method: bench/bench_gpu.py (its docstring).",
     ]
@@ -364,7 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         args.workdir = Path(work)
         args.repo = args.workdir / "models"
         save_local_repo(args.model, random_weights_model(args.model), args.repo)
-        text = report(args, sweep(args), " ".join(["bench/bench_gpu.py", *given]))
+        command = " ".join(["bench/bench_gpu.py", *given])
+
+        def save(found: dict[str, Any]) -> None:
+            args.results.parent.mkdir(parents=True, exist_ok=True)
+            args.results.write_text(report(args, found, command))
+
+        text = report(args, sweep(args, save), command)
     publish(text, args.results)
     return 0
 
