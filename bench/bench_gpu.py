@@ -372,7 +372,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fetch_model import random_weights_model, save_local_repo
+    from bench._separation_common import prepare_model
 
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="stemfleet-bench-gpu-") as work:
         args.workdir = Path(work)
         args.repo = args.workdir / "models"
-        save_local_repo(args.model, random_weights_model(args.model), args.repo)
+        prepare_model(args.repo, args.model)
         command = " ".join(["bench/bench_gpu.py", *given])
 
         def save(found: dict[str, Any]) -> None:

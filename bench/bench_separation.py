@@ -35,6 +35,7 @@ from bench._separation_common import (
     audio_seconds,
     check_device,
     machine_facts,
+    prepare_model,
     quiet_logs,
     say,
     use_threads,
@@ -109,13 +110,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare_model(model: str, dest: Path) -> Path:
-    from fetch_model import random_weights_model, save_local_repo
-
-    save_local_repo(model, random_weights_model(model), dest)
-    return dest
-
-
 def make_rows(args: argparse.Namespace, options: Options, admin_url: str | None) -> list[Row]:
     rows: list[Row] = []
     if args.engines:
@@ -156,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stemfleet-bench-separation-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        repo = prepare_model(args.model, workdir / "models")
+        repo = prepare_model(workdir / "models", args.model)
         clips = write_clips(workdir / "clips", args.clips, args.seconds)
         say(f"{len(clips)} clips of {args.seconds:g} s; model {args.model} in {repo}")
         options = Options(

@@ -3,8 +3,8 @@
 # CPython 3.12 on x86-64 Linux, downloaded HERE (where pip reaches the package index) into a
 # folder that travels with the working tree (default .whl, which must be git-ignored, e.g. in
 # .git/info/exclude). bench/gpu.sh installs them there with `pip --no-index` when it finds them.
-# Versions are this checkout's venv's (make install); torch, numpy, pyyaml, psutil, tqdm, einops,
-# rich and typing-extensions are taken from the machine's image.
+# Versions are this checkout's venv's (make install); torch, numpy, pyyaml, psutil, tqdm, einops
+# and rich are taken from the machine's image.
 #
 #   bench/gpu_wheels.sh [DEST]
 set -euo pipefail
@@ -13,7 +13,7 @@ DEST=${1:-.whl}
 PY=${PYTHON:-.venv/bin/python}
 PACKAGES="demucs julius lameenc sphn soundfile cffi pycparser psycopg psycopg-binary psycopg-pool
 pydantic pydantic-core pydantic-settings python-dotenv annotated-types typing-inspection
-structlog platformdirs"
+structlog platformdirs typing-extensions"
 mkdir -p "$DEST"
 rm -f "$DEST"/*.whl  # one version of each: two stop the install there
 for name in $PACKAGES; do

@@ -5,7 +5,7 @@ padding, the mix's normalisation, masks).
 
     .venv/bin/python bench/profile_separation.py                    # CPU: results/profile_cpu.md
     .venv/bin/python bench/profile_separation.py --device cuda      # results/profile_cuda.md
-    .venv/bin/python bench/profile_separation.py --quick            # htdemucs_tiny: a check
+    .venv/bin/python bench/profile_separation.py --quick            # a small HTDemucs: a check
 
 The segment goes through Demucs' own `apply_model` (shifts=1, overlap 0.25), the CLI's path,
 on a mix exactly one segment long. Every op's *self* time (CPU time on CPU, kernel time on CUDA)
@@ -71,11 +71,17 @@ LABEL = "sf::"
 
 
 def build_model(quick: bool) -> Any:
-    """htdemucs as released, or its tiny stand-in (scripts/fetch_model.py, random weights)."""
+    """htdemucs as released (scripts/fetch_model.py), or the tests' small HTDemucs."""
+    if quick:
+        from demucs.htdemucs import HTDemucs
+
+        from tests.audio_fixtures import small_htdemucs_kwargs
+
+        torch.manual_seed(0)
+        return HTDemucs(**small_htdemucs_kwargs()).eval()
     from fetch_model import random_weights_model
 
-    model = random_weights_model("htdemucs_tiny" if quick else "htdemucs").models[0]
-    return model.eval()
+    return random_weights_model("htdemucs").models[0].eval()
 
 
 @contextmanager
@@ -185,7 +191,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         ops[(event.name, group)][1] += 1
     flops = sum(float(getattr(e, "flops", 0) or 0) for e in events)
     return {
-        "model": "htdemucs_tiny (a check, not a published model)"
+        "model": "a small HTDemucs (tests/audio_fixtures.py; a check, not a published model)"
         if args.quick
         else "htdemucs (released architecture)",
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -278,7 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--repeats", type=int, default=2, help="timed passes without profiler")
     parser.add_argument("--top", type=int, default=15, help="ops listed")
-    parser.add_argument("--quick", action="store_true", help="htdemucs_tiny: a check")
+    parser.add_argument("--quick", action="store_true", help="a small HTDemucs: a check")
     parser.add_argument(
         "--results", type=Path, default=None, help="default: bench/results/profile_DEVICE.md"
     )

@@ -57,19 +57,6 @@ HTDEMUCS_KWARGS: dict[str, Any] = {
     "dconv_depth": 2,
     "dconv_comp": 8,
 }
-# The same kinds of layer (both branches, cross-domain transformer, dilated convs in encoder and
-# decoder) shrunk until a segment costs milliseconds: the benchmarks' `--quick` runs and tests
-# that must load an htdemucs-shaped model through a folder. Not a published model.
-HTDEMUCS_TINY_KWARGS: dict[str, Any] = {
-    **HTDEMUCS_KWARGS,
-    "segment": Fraction(1),
-    "channels": 8,
-    "depth": 3,
-    "nfft": 1024,
-    "bottom_channels": 0,
-    "t_layers": 1,
-    "t_heads": 2,
-}
 
 
 def random_weights_model(name: str, seed: int = 0) -> BagOfModels:
@@ -78,13 +65,11 @@ def random_weights_model(name: str, seed: int = 0) -> BagOfModels:
     model: Any
     if name == "htdemucs":
         model = HTDemucs(**HTDEMUCS_KWARGS)
-    elif name == "htdemucs_tiny":
-        model = HTDemucs(**HTDEMUCS_TINY_KWARGS)
     elif name == "demucs_unittest":
         model = get_model("demucs_unittest")  # Demucs builds this tiny HDemucs locally
     else:
         raise SystemExit(
-            f"--random-weights knows htdemucs, htdemucs_tiny and demucs_unittest, not {name!r}: "
+            f"--random-weights knows htdemucs and demucs_unittest, not {name!r}: "
             "drop --random-weights to download the real weights"
         )
     model.eval()
