@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     # (Inductor); onnx = ONNX Runtime
     engine: Literal["auto", "eager", "compiled", "onnx"] = "auto"
     compile_cache: Path | None = None  # compiled engine's artefacts; default <data_dir>/compile
+    # CPU: segments run at once, one thread each; 0 = one per torch thread, 1 = one segment on
+    # all threads (bench/results/engines.md)
+    cpu_lanes: int = Field(0, ge=0)
     lease: Duration = 60.0
     heartbeat_interval: Duration = 10.0
     poll_interval: Duration = 5.0

@@ -170,3 +170,13 @@ def write_random_htdemucs_repo(
         bag["weights"] = weights
     (directory / f"{name}.yaml").write_text(yaml.safe_dump(bag))
     return directory, name
+
+
+def write_tiny_models(directory: Path) -> Path:
+    """One folder: `tiny_htdemucs` (one random HTDemucs) and `tiny_bag` (two, weighted as
+    htdemucs_ft is)."""
+    write_random_htdemucs_repo(directory, name="tiny_htdemucs")
+    write_random_htdemucs_repo(
+        directory, name="tiny_bag", models=2, weights=[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]
+    )
+    return directory

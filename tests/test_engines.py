@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import importlib.util
 import random
+import threading
 from pathlib import Path
 
 import pytest
 import torch
-from audio_fixtures import one_torch_thread, tone, write_random_htdemucs_repo
+from audio_fixtures import one_torch_thread, tone, write_tiny_models
 from demucs.apply import apply_model
 
 from app.errors import ConfigError
@@ -46,12 +47,7 @@ ENGINES = [
 
 @pytest.fixture(scope="module")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    repo = tmp_path_factory.mktemp("engine-models")
-    write_random_htdemucs_repo(repo, name="tiny_htdemucs")
-    write_random_htdemucs_repo(
-        repo, name="tiny_bag", models=2, weights=[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]
-    )
-    return repo
+    return write_tiny_models(tmp_path_factory.mktemp("engine-models"))
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +114,32 @@ def test_engine_equals_demucs_apply_model(
         assert got.shape == wav.shape
         difference = (got - want).abs().max().item()
         assert difference <= TOLERANCE[engine], (engine, name, difference)
+
+
+def test_cpu_lanes_run_one_segment_per_thread_and_equal_apply_model(model_repo: Path) -> None:
+    separator = Separator(
+        load_settings(model="tiny_htdemucs", model_repo=model_repo, device="cpu", cpu_lanes=2)
+    )
+    assert separator.lanes == 2
+    assert separator.batch_size_for(separator.loaded, 88200) == 2  # a pass: one per lane
+    seen: list[tuple[str, int, int]] = []
+    separator.loaded.members[0].register_forward_hook(
+        lambda _m, args, _out: seen.append(
+            (threading.current_thread().name, torch.get_num_threads(), args[0].shape[0])
+        )
+    )
+    wav = torch.from_numpy(tone(4.3))
+    params = JobParams(shifts=0)
+    reference = _reference(separator, wav, params)
+    seen.clear()
+
+    stems = separator.separate(wav, params)
+
+    out = torch.stack([stems[source] for source in separator.sources])
+    assert (out - reference).abs().max().item() <= 1e-5
+    assert len(seen) == 3  # segments of 2 s every 1.5 s over 4.3 s
+    for thread, threads, batch in seen:
+        assert thread.startswith("segment-lane") and threads == 1 and batch == 1
 
 
 def test_auto_picks_the_measured_engine_of_the_device() -> None:

@@ -13,6 +13,7 @@ from audio_fixtures import (
     small_htdemucs_kwargs,
     tone,
     write_random_htdemucs_repo,
+    write_tiny_models,
 )
 from demucs.apply import apply_model
 
@@ -32,12 +33,7 @@ _one_thread = pytest.fixture(scope="module", autouse=True)(one_torch_thread)
 @pytest.fixture(scope="module")
 def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One folder: `tiny_htdemucs` (one random HTDemucs) and `tiny_bag` (two, weighted)."""
-    repo = tmp_path_factory.mktemp("models")
-    write_random_htdemucs_repo(repo, name="tiny_htdemucs")
-    write_random_htdemucs_repo(
-        repo, name="tiny_bag", models=2, weights=[[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]
-    )
-    return repo
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def _separator(model: str, repo: Path | None = None, batch_size: int = 3) -> Separator:

@@ -5,13 +5,18 @@ inputs in turn: the leader fills it with its next segments, the others top it up
 when they are at the same model member and input length, so short clips fill a large
 accelerator batch. Each input keeps its own segment order, so its result is the same as when
 it runs alone. `ModelRunner` runs a pass: optional autocast (fp16 / bf16), and on CUDA
-out-of-memory the batch halves (for the rest of the run) instead of failing.
+out-of-memory the batch halves (for the rest of the run) instead of failing. On CPU a pass of
+several segments runs in lanes: one thread per segment, each with one intra-op thread (torch
+releases the GIL inside its ops), which measured 1.8x less CPU time per segment than one
+segment on all cores (bench/results/engines.md).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -23,15 +28,36 @@ from worker.models import LoadedModel
 
 
 def run_streams(
-    loaded: LoadedModel, streams: list[Stream], *, device: str, precision: str, batch_size: int
+    loaded: LoadedModel,
+    streams: list[Stream],
+    *,
+    device: str,
+    precision: str,
+    batch_size: int,
+    lanes: int = 1,
 ) -> list[StreamResult]:
     """Separate `streams` with `loaded` on `device`, `batch_size` segments per pass at most
-    (see `run_shared`); one run at a time per model."""
-    model = ModelRunner(loaded.forwards, device, precision, batch_size)
+    (see `run_shared`), a pass's segments run in `lanes` threads at once on CPU; one run at a
+    time per model."""
     engines = [Engine(loaded, stream, device) for stream in streams]
-    with loaded.lock:
-        run_shared(engines, model)
+    with loaded.lock, _lane_pool(lanes if device == "cpu" else 1) as pool:
+        run_shared(engines, ModelRunner(loaded.forwards, device, precision, batch_size, pool))
     return [engine.result for engine in engines]
+
+
+def _single_thread() -> None:
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def _lane_pool(lanes: int) -> Iterator[ThreadPoolExecutor | None]:
+    """`lanes` threads of one intra-op thread each, or None for one lane (the calling thread,
+    all intra-op threads)."""
+    if lanes <= 1:
+        yield None
+        return
+    with ThreadPoolExecutor(lanes, "segment-lane", initializer=_single_thread) as pool:
+        yield pool
 
 
 class ModelRunner:
@@ -40,14 +66,22 @@ class ModelRunner:
     run) instead of failing."""
 
     def __init__(
-        self, forwards: list[Forward], device: str, precision: str, batch_size: int
+        self,
+        forwards: list[Forward],
+        device: str,
+        precision: str,
+        batch_size: int,
+        lanes: ThreadPoolExecutor | None = None,
     ) -> None:
         self.forwards = forwards
         self.device = device
         self.precision = precision
         self.batch_size = batch_size
+        self.lanes = lanes
 
     def __call__(self, member: int, inputs: torch.Tensor) -> torch.Tensor:
+        if self.lanes is not None:
+            return torch.cat(list(self.lanes.map(self._lane(member), inputs.split(1))))
         while True:
             try:
                 with self._autocast():
@@ -61,6 +95,13 @@ class ModelRunner:
                 get_logger().warning("batch_out_of_memory", batch_size=self.batch_size)
                 halves = inputs.split(self.batch_size)
                 return torch.cat([self(member, half) for half in halves])
+
+    def _lane(self, member: int) -> Any:
+        def run(segment: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), self._autocast():  # both are per thread
+                return self.forwards[member](segment).float()
+
+        return run
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)

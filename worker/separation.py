@@ -20,13 +20,16 @@ from app.log import get_logger
 from app.params import JobParams
 from app.settings import Settings
 from worker.engine import ProgressFn, StopFn, Stream, StreamResult, normalisation, tensor_reader
-from worker.engines.choice import resolve
+from worker.engines.choice import cpu_lanes, resolve
 from worker.models import LoadedModel, ModelFailures, load_onto, pick_device
 from worker.passes import run_streams
 
 # On CPU a batch of several segments is slower than one at a time (bench/results/separation.md:
 # htdemucs forward passes took 36-79 % longer at batch 4 on 2 cores): cores are already busy
 # within one segment, and bigger activations miss the caches. Batching pays on accelerators.
+# Several segments at once, one per core in lanes of one thread each (worker.passes), measured
+# faster than one segment on all cores (bench/results/engines.md): a CPU pass holds one
+# segment per lane.
 CPU_BATCH_SIZE = 1
 MAX_AUTO_BATCH = 32
 MAX_AUTO_GROUP = 8  # jobs separated together by default where a pass holds several segments
@@ -49,6 +52,7 @@ class Separator:
             )
             self.precision = "fp32"
         self.engine = resolve(settings.engine, self.device)
+        self.lanes = cpu_lanes(settings.cpu_lanes) if self.device == "cpu" else 1
         self.model_name = settings.model
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._batch_sizes: dict[tuple[str, int], int] = {}
@@ -114,16 +118,16 @@ class Separator:
         if self.settings.batch_size > 0:
             return self.settings.batch_size
         if self.device != "cuda":
-            return CPU_BATCH_SIZE
+            return CPU_BATCH_SIZE * self.lanes
         key = (loaded.name, segment_frames)
         if key not in self._batch_sizes:
             self._batch_sizes[key] = self._measure_batch_size(loaded, segment_frames)
         return self._batch_sizes[key]
 
     def auto_group_size(self) -> int:
-        """How many queued jobs to separate together when STEMFLEET_GROUP_JOBS is 0: one where
-        a forward pass holds one segment (CPU), else as many as a pass holds, up to
-        MAX_AUTO_GROUP, so short clips fill large accelerator batches."""
+        """How many queued jobs to separate together when STEMFLEET_GROUP_JOBS is 0: as many
+        as a pass holds (on CPU one per lane), up to MAX_AUTO_GROUP, so short clips fill large
+        accelerator batches and every CPU lane."""
         segment = int(float(self.loaded.members[0].segment) * self.loaded.samplerate)
         return max(1, min(MAX_AUTO_GROUP, self.batch_size_for(self.loaded, segment)))
 
@@ -203,4 +207,5 @@ class Separator:
             device=self.device,
             precision=self.precision,
             batch_size=self.batch_size_for(loaded, int(longest * loaded.samplerate)),
+            lanes=self.lanes,
         )
