@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +43,17 @@ def released_model(seed: int = 0) -> HTDemucs:
     return model.eval()
 
 
-def timed(forward: Forward, mix: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+def timed(
+    forward: Forward, mix: torch.Tensor, lanes: ThreadPoolExecutor | None
+) -> tuple[float, float, torch.Tensor]:
+    """One pass over `mix`: as one call, or one segment per lane (as worker.passes does)."""
+
+    def run(segment: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return forward(segment)
+
     wall, cpu = time.perf_counter(), time.process_time()
-    with torch.inference_mode():
-        out = forward(mix)
+    out = run(mix) if lanes is None else torch.cat(list(lanes.map(run, mix.split(1))))
     return time.perf_counter() - wall, time.process_time() - cpu, out
 
 
@@ -97,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--lanes", action="store_true", help="one segment per thread of one intra-op thread"
+    )
     parser.add_argument("--variants", default="all", help="comma list: all,extended,basic,...")
     parser.add_argument("--name", default="onnx_engine.md")
     args = parser.parse_args(argv)
@@ -124,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     samples: dict[str, list[tuple[float, float]]] = {name: [] for name in engines}
     outputs: dict[str, Any] = {}
     names = list(engines)
-    timed(engines["eager"], mix)  # warm-up: first-call allocations
+    lanes = None
+    if args.lanes:
+        lanes = ThreadPoolExecutor(args.batch, initializer=lambda: torch.set_num_threads(1))
+    timed(engines["eager"], mix, lanes)  # warm-up: first-call allocations
     for round_ in range(args.rounds):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
-            wall, cpu, out = timed(engines[name], mix)
+            wall, cpu, out = timed(engines[name], mix, lanes)
             samples[name].append((wall, cpu))
             outputs[name] = out
             print(name, round(wall, 2), round(cpu, 2), flush=True)
@@ -153,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             f"# ONNX Runtime engine vs eager, released htdemucs ({params:,} parameters)",
             "",
             f"{now_utc()} · `bench/bench_onnx_engine.py --threads {args.threads} "
-            f"--rounds {args.rounds} --batch {args.batch} --variants {args.variants}`",
+            f"--rounds {args.rounds} --batch {args.batch} --variants {args.variants}"
+            f"{' --lanes' if args.lanes else ''}`",
             "",
             "Machine: " + ", ".join(f"{k}: {v}" for k, v in machine_info().items()),
             "",

@@ -9,13 +9,22 @@ from typing import Any
 
 import pytest
 import torch
-from audio_fixtures import one_torch_thread, small_htdemucs_kwargs
-from demucs.apply import BagOfModels
+from audio_fixtures import (
+    one_torch_thread,
+    small_htdemucs_kwargs,
+    tone,
+    write_random_htdemucs_repo,
+)
+from demucs.apply import BagOfModels, apply_model
 from demucs.htdemucs import HTDemucs
 from demucs.pretrained import get_model
 
+from app.params import JobParams
+from app.settings import load_settings
+from worker.engine import normalisation
 from worker.engines import onnx_runtime
 from worker.engines.onnx_split import Unsupported
+from worker.separation import Separator
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +103,15 @@ def test_other_weights_are_exported_again(
     assert len(set(_files(cache)) - before) == 2
 
 
+def test_the_cache_key_tells_apart_settings_that_no_module_shows() -> None:
+    model = _htdemucs(0)
+    other = HTDemucs(**small_htdemucs_kwargs(), t_max_period=5000.0).eval()
+    other.load_state_dict(model.state_dict())
+    assert repr(other) == repr(model)
+    assert onnx_runtime.weights_signature(other) != onnx_runtime.weights_signature(model)
+    assert onnx_runtime.weights_signature(_htdemucs(0)) == onnx_runtime.weights_signature(model)
+
+
 def test_sessions_run_a_batch_concurrently_with_the_same_numbers(
     model: HTDemucs, cache: Path, forward: onnx_runtime.Forward
 ) -> None:
@@ -143,3 +161,28 @@ def test_other_architectures_are_refused_and_not_supported(model: HTDemucs) -> N
     assert not onnx_runtime.supports(BagOfModels([model, hdemucs]))
     assert onnx_runtime.supports(BagOfModels([model, _htdemucs(2)]))
     assert onnx_runtime.supports(model)
+
+
+def test_cpu_lanes_share_the_sessions_and_equal_apply_model(tmp_path: Path, cache: Path) -> None:
+    """The worker's CPU lanes call the forward from two threads at once, one segment each."""
+    repo, name = write_random_htdemucs_repo(tmp_path / "models")
+    settings = load_settings(
+        model=name,
+        model_repo=repo,
+        device="cpu",
+        engine="onnx",
+        cpu_lanes=2,
+        compile_cache=cache,
+    )
+    separator = Separator(settings)
+    assert separator.engine == "onnx" and separator.lanes == 2
+    wav = torch.from_numpy(tone(4.3))
+    mean, std = normalisation(wav)
+    params = JobParams(shifts=0)
+    reference = apply_model(separator.loaded.model, ((wav - mean) / std)[None], shifts=0)
+    reference = reference[0] * std + mean
+
+    stems = separator.separate(wav, params)
+
+    out = torch.stack([stems[source] for source in separator.sources])
+    assert (out - reference).abs().max().item() <= 1e-4

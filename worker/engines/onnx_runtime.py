@@ -13,9 +13,13 @@ through `onnx_split.front` (PyTorch), the exported `HTDemucsNetwork` (ONNX Runti
   with the export settings, and beside it ONNX Runtime's optimised model for this CPU / provider,
   so a restarted worker neither exports nor optimises again. Files are written under a
   temporary name and renamed: two workers sharing the folder never read half a file.
-- Sessions: CPU or CUDA execution provider by `device`; on CPU `SESSIONS` sessions of
-  `threads // SESSIONS` intra-op threads each run the items of a batch concurrently (ONNX Runtime
-  releases the GIL), the values chosen by measurement (bench/results/onnx_engine.md).
+- Sessions: CPU or CUDA execution provider by `device`; on CPU `SESSIONS` sessions (at most one
+  per torch thread) of `threads // SESSIONS` intra-op threads each run the items of a batch
+  concurrently (ONNX Runtime releases the GIL), chosen by measurement
+  (bench/results/onnx_engine.md). The worker's CPU lanes (worker.passes) call the forward from
+  several threads at once, one segment each: those calls share the first session, each run on
+  its caller's thread (one intra-op thread). With STEMFLEET_CPU_LANES=1 and the CPU's batch of
+  one, a segment therefore runs on one intra-op thread.
 - fp32 only: any other precision raises `Unsupported`, as does a model `onnx_split.check`
   refuses (HDemucs, Demucs v2).
 """
@@ -104,8 +108,11 @@ def prepare(
 
 
 def weights_signature(model: torch.nn.Module) -> str:
-    """sha256 of the model's architecture (its repr) and every tensor of its state dict."""
+    """sha256 of the model's architecture (its repr and Demucs' recorded init arguments, which
+    hold settings no module shows, such as the positional embedding's period) and every tensor
+    of its state dict."""
     digest = hashlib.sha256(repr(model).encode())
+    digest.update(repr(getattr(model, "_init_args_kwargs", None)).encode())
     for name, tensor in model.state_dict().items():
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{value.dtype}:{tuple(value.shape)}".encode())
