@@ -72,7 +72,8 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log it, go on a
     local name=$1 limit=$2
     shift 2
     say "$name: $*"
-    if ! timeout $((limit * SCALE)) "$@" >>"$LOG" 2>&1; then
+    # SIGINT first: Python unwinds, so a benchmark stops the Postgres it started
+    if ! timeout --signal=INT --kill-after=30 $((limit * SCALE)) "$@" >>"$LOG" 2>&1; then
         say "$name FAILED or ran past $((limit * SCALE)) s (see $LOG)"
         failed=$((failed + 1))
     fi
