@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 import os
 import platform
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -144,3 +146,12 @@ def write_result(name: str, text: str) -> Path:
     path = RESULTS_DIR / name
     path.write_text(text)
     return path
+
+
+def publish(text: str, path: Path | None) -> None:
+    """Print a report and, when `path` is given, write it there."""
+    print(text)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}", file=sys.stderr)

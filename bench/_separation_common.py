@@ -95,10 +95,18 @@ def machine_facts(threads: int, device: str) -> dict[str, str]:
     return facts
 
 
-def prepare_model(dest: Path) -> Path:
-    """A random-weight htdemucs (published architecture) saved as a local model folder."""
-    bag = random_weights_model(MODEL_NAME)
-    save_local_repo(MODEL_NAME, bag, dest)
+TINY_MODEL = "htdemucs_tiny"
+
+
+def prepare_model(dest: Path, name: str = MODEL_NAME) -> Path:
+    """A random-weight model saved as a local model folder: htdemucs as released, or
+    TINY_MODEL, the tests' small HTDemucs (tests/audio_fixtures.py) for `--quick` checks."""
+    if name == TINY_MODEL:
+        from tests.audio_fixtures import write_random_htdemucs_repo
+
+        write_random_htdemucs_repo(dest, name=TINY_MODEL)
+        return dest
+    save_local_repo(name, random_weights_model(name), dest)
     return dest
 
 

@@ -11,8 +11,8 @@ The folder uses the layout of Demucs' `LocalRepo` (what `demucs -n NAME --repo D
 bag (the checksum is verified on load) and `<name>.yaml` listing the signatures, weights and
 segment.
 
-`--random-weights` builds the architecture with random weights instead of downloading: the same
-layers and FLOPs, so it serves benchmarks and offline tests (stems come out as noise).
+`--random-weights` builds the released architecture with random weights instead of downloading:
+the same layers and FLOPs, so it serves benchmarks and offline tests (stems come out as noise).
 """
 
 from __future__ import annotations
@@ -32,9 +32,15 @@ from demucs.htdemucs import HTDemucs
 from demucs.pretrained import REMOTE_ROOT, SOURCES, get_model
 from demucs.states import get_state
 
-# The published htdemucs (signature 955717e8) as trained: demucs' conf/config.yaml `htdemucs:`
-# section over HTDemucs' defaults, 7.8 s segments. 41.47 M parameters (83 MB in half precision,
-# the size of upstream's 955717e8 file).
+# The released htdemucs (signature 955717e8) as trained. It is a run of Demucs' own `mmi` grid
+# (demucs/grids/mmi_ft.py fine-tunes signature 955717e8 from it), whose every run sets
+# `htdemucs.dconv_mode: 3` (dilated-conv branches in the encoder AND the decoder), `depth: 4`,
+# `t_layers: 5`; of its t_layers x bottom_channels runs only `bottom_channels: 512` fits the
+# released file. Over HTDemucs' defaults that is 41,984,456 parameters; saved in half precision
+# it is 84,131,413 bytes, and the released file is 84,141,911 (the ~10 kB more is the
+# `training_args` Demucs' `serialize_model` stores). With `dconv_mode: 1` (HTDemucs' default,
+# used here before 2026-11-30) it would be 41,473,616 parameters and 83,067,061 bytes: 1.07 MB
+# short. Segments are 7.8 s (demucs/remote/htdemucs.yaml names the one member, 955717e8).
 HTDEMUCS_KWARGS: dict[str, Any] = {
     "sources": SOURCES,
     "audio_channels": 2,
@@ -47,7 +53,7 @@ HTDEMUCS_KWARGS: dict[str, Any] = {
     "t_layers": 5,
     "t_heads": 8,
     "t_hidden_scale": 4.0,
-    "dconv_mode": 1,
+    "dconv_mode": 3,
     "dconv_depth": 2,
     "dconv_comp": 8,
 }

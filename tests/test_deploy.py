@@ -284,3 +284,24 @@ def test_fetch_model_writes_a_local_model_folder_the_worker_loads(
 
     with pytest.raises(SystemExit, match="another --name"):
         fetch_model.main(["--model", "demucs_unittest", "--random-weights", "--dest", str(dest)])
+
+
+def test_random_weights_htdemucs_is_the_released_architecture() -> None:
+    """The released htdemucs (955717e8) is a run of Demucs' own `mmi` grid (grids/mmi_ft.py
+    fine-tunes it), which sets `dconv_mode: 3`, `depth: 4`, `t_layers: 5`, and its
+    `bottom_channels=512` branch: 41,984,456 parameters, whose half-precision file matches the
+    released one's size (84,141,911 bytes, Demucs' `training_args` included)."""
+    from pathlib import Path
+
+    import demucs.grids
+
+    grid = (Path(demucs.grids.__file__).parent / "mmi.py").read_text()
+    assert '"htdemucs.dconv_mode": 3' in grid and '"htdemucs.t_layers": 5' in grid
+    assert "'955717e8'" in (Path(demucs.grids.__file__).parent / "mmi_ft.py").read_text()
+
+    fetch_model = load_script("fetch_model")
+    model = fetch_model.random_weights_model("htdemucs").models[0]
+    assert sum(p.numel() for p in model.parameters()) == 41_984_456
+    # dilated-conv branches in the decoder as well as the encoder (dconv_mode 3)
+    assert model.decoder[0].dconv is not None and model.encoder[0].dconv is not None
+    assert abs(len(fetch_model.serialize(model)) - 84_141_911) < 20_000
