@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import shutil
 import sys
 import tempfile
 import time
