@@ -118,7 +118,9 @@ def test_engine_equals_demucs_apply_model(
 
 def test_cpu_lanes_run_one_segment_per_thread_and_equal_apply_model(model_repo: Path) -> None:
     separator = Separator(
-        load_settings(model="tiny_htdemucs", model_repo=model_repo, device="cpu", cpu_lanes=2)
+        load_settings(
+            model="tiny_htdemucs", model_repo=model_repo, device="cpu", cpu_lanes=2, threads=2
+        )
     )
     assert separator.lanes == 2
     assert separator.batch_size_for(separator.loaded, 88200) == 2  # a pass: one per lane
@@ -140,6 +142,27 @@ def test_cpu_lanes_run_one_segment_per_thread_and_equal_apply_model(model_repo: 
     assert len(seen) == 3  # segments of 2 s every 1.5 s over 4.3 s
     for thread, threads, batch in seen:
         assert thread.startswith("segment-lane") and threads == 1 and batch == 1
+
+
+def test_cpu_lanes_leave_the_callers_thread_count_as_they_found_it(model_repo: Path) -> None:
+    """torch.set_num_threads(1) in a lane also lowers the process-wide count that a thread
+    which has not run a parallel op yet reads (the worker's model stage is such a thread): the
+    lanes put it back, so decoding, encoding and a later one-lane model keep their threads."""
+    separator = Separator(
+        load_settings(
+            model="tiny_htdemucs", model_repo=model_repo, device="cpu", cpu_lanes=2, threads=2
+        )
+    )
+    after: list[int] = []
+
+    def stage() -> None:
+        separator.separate(torch.from_numpy(tone(4.3)), JobParams(shifts=0))
+        after.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=stage)
+    thread.start()
+    thread.join()
+    assert after == [2]
 
 
 def test_auto_picks_the_measured_engine_of_the_device() -> None:
