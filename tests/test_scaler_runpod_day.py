@@ -21,6 +21,7 @@ from typing import Any
 from uuid import UUID
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from app.clock import FakeClock
 from app.db import Connection
@@ -121,17 +122,15 @@ class Workers:
     def work(self) -> int:
         """Finish what each worker held since the last round, then claim the next batch
         (unless draining): it is held through the scaler's run. Returns jobs finished."""
-        done = 0
+        finished = [job for pod_id, _ in sorted(self.ids) for job in self.held.pop(pod_id, [])]
+        complete_all(self.conn, self.queue, finished)
         for (pod_id, _), worker_id in sorted(self.ids.items()):
-            for job in self.held.pop(pod_id, []):
-                self.queue.complete(self.conn, job, output={"stems": {}})
-                done += 1
             worker = self.queue.worker_heartbeat(self.conn, worker_id)
             if not worker.draining:
                 self.held[pod_id] = self.queue.claim(
                     self.conn, worker_id, lease=600, limit=JOBS_PER_ROUND
                 )
-        return done
+        return len(finished)
 
 
 @dataclass
@@ -158,9 +157,41 @@ class DayFigures:
         )
 
 
+# The jobs of a round arrive, and the jobs the workers held finish, in one statement each: the
+# same queue.enqueue / queue.complete, called once per job, as the API and the workers call them,
+# but one round trip (and one commit) a round instead of one a job; about 26,000 fewer in all.
+
+
 def enqueue(conn: Connection, queue: Queue, count: int, tag: str) -> None:
-    for i in range(count):
-        queue.enqueue(conn, user_id=USER, input_key=f"inputs/{tag}-{i}.wav")
+    if count == 0:
+        return
+    created = conn.execute(
+        "select count(*) filter (where (r).created) as n from ("
+        " select queue.enqueue(p_user_id => %(user)s,"
+        " p_input_key => 'inputs/' || %(tag)s || '-' || i || '.wav', p_now => %(now)s) as r"
+        " from generate_series(0, %(count)s - 1) as i) as e",
+        {"user": USER, "tag": tag, "count": count, "now": queue.clock.db_now()},
+    ).fetchone()
+    assert created == {"n": count}
+
+
+def complete_all(conn: Connection, queue: Queue, jobs: list[Job]) -> None:
+    if not jobs:
+        return
+    done = conn.execute(
+        "select count(*) filter (where c.status = 'succeeded') as n from unnest("
+        " %(ids)s::uuid[], %(workers)s::uuid[], %(attempts)s::int[]) as j(id, worker, attempt)"
+        " cross join lateral queue.complete(p_job_id => j.id, p_worker_id => j.worker,"
+        " p_attempt => j.attempt, p_output => %(output)s, p_now => %(now)s) as c",
+        {
+            "ids": [job.id for job in jobs],
+            "workers": [job.worker_id for job in jobs],
+            "attempts": [job.attempts for job in jobs],
+            "output": Jsonb({"stems": {}}),
+            "now": queue.clock.db_now(),
+        },
+    ).fetchone()
+    assert done == {"n": len(jobs)}
 
 
 def queued_or_running(conn: Connection) -> int:
