@@ -30,7 +30,7 @@ from app.settings import Settings
 from scaler.providers.runpod import RunPodProvider
 from scaler.reconcile import Scaler
 from tests.fake_runpod import FakeRunPod
-from tests.scaler_support import Sleeps, settings
+from tests.scaler_support import Sleeps, enqueue_many, settings
 from tests.test_scaler_runpod import A4000, A4500, RTX3090, TEMPLATE, fake, rp_settings
 from tests.worker_helpers import libpq_url
 
@@ -157,22 +157,9 @@ class DayFigures:
         )
 
 
-# The jobs of a round arrive, and the jobs the workers held finish, in one statement each: the
-# same queue.enqueue / queue.complete, called once per job, as the API and the workers call them,
-# but one round trip (and one commit) a round instead of one a job; about 26,000 fewer in all.
-
-
-def enqueue(conn: Connection, queue: Queue, count: int, tag: str) -> None:
-    if count == 0:
-        return
-    created = conn.execute(
-        "select count(*) filter (where (r).created) as n from ("
-        " select queue.enqueue(p_user_id => %(user)s,"
-        " p_input_key => 'inputs/' || %(tag)s || '-' || i || '.wav', p_now => %(now)s) as r"
-        " from generate_series(0, %(count)s - 1) as i) as e",
-        {"user": USER, "tag": tag, "count": count, "now": queue.clock.db_now()},
-    ).fetchone()
-    assert created == {"n": count}
+# The jobs that finish in a round finish in one statement (as its arrivals arrive, see
+# enqueue_many): the same queue.complete, called once per job, as the workers call it, but one round
+# trip a round instead of one a job.
 
 
 def complete_all(conn: Connection, queue: Queue, jobs: list[Job]) -> None:
@@ -257,8 +244,8 @@ def replay_day(
         fake.tick()
         for fault in faults.get(minute, []):
             fault()
-        enqueue(conn, queue, bursts.get(minute, 0), f"burst{minute}")
-        enqueue(conn, queue, arrivals.get(minute, 0), f"t{minute}")
+        enqueue_many(conn, queue, USER, bursts.get(minute, 0), f"burst{minute}-")
+        enqueue_many(conn, queue, USER, arrivals.get(minute, 0), f"t{minute}-")
         workers.sync()
         workers.work()
         calls_before = len(fake.calls)
