@@ -1,6 +1,7 @@
 """The docs' tests' shared parts: one migrated database, one bucket and one `stemfleet api` process
-per module, configured with the secrets the deploy guide generates, and helpers to run the docs'
-shell and SQL blocks against them."""
+per session (the deploy guide's and the runbook's tests share them: each makes its own rows, under
+its own user, and asserts on those), configured with the secrets the deploy guide generates, and
+helpers to run the docs' shell and SQL blocks against them."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ def workdir(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def docs_db(pg_admin_url: str, template_db: str) -> Iterator[str]:
     """One migrated database for the API all the docs' blocks talk to."""
     name = f"docs_{uuid.uuid4().hex[:12]}"
@@ -95,17 +96,17 @@ def docs_db(pg_admin_url: str, template_db: str) -> Iterator[str]:
         )
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def docs_s3(s3_server: str) -> dict[str, str]:
     return new_bucket_env(s3_server)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def api(
     docs_db: str, docs_s3: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, str]]:
     """The API as Fly runs it (`stemfleet api`), configured with the secrets the guide generates;
-    yields the environment the docs' shell blocks expect. One for the whole module."""
+    yields the environment the docs' shell blocks expect. One for the whole session."""
     home = tmp_path_factory.mktemp("docs-api")
     secrets = generated_secrets(home)
     env = fleet_env(docs_db, docs_s3, home / "data") | {

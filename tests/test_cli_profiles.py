@@ -126,21 +126,21 @@ def test_by_default_a_profile_collects_every_accepted_format(tmp_path: Path) -> 
     assert {"take.aiff", "take.aif", "take.aac", "take.m4a"} <= set(audio)
 
 
-def test_processed_files_are_recorded_per_profile_by_hash(conn: Connection, queue: Queue) -> None:
+def test_processed_files_are_recorded_per_profile_by_hash(tx: Connection, queue: Queue) -> None:
     first, second, third = (hashlib.sha256(bytes([i])).hexdigest() for i in range(3))
     job = uuid.uuid4()
     queue.record_profile_file(
-        conn, profile="h4n", sha256=first, source_path="/card/a.wav", job_id=job, outputs={}
+        tx, profile="h4n", sha256=first, source_path="/card/a.wav", job_id=job, outputs={}
     )
     queue.record_profile_file(
-        conn, profile="desk", sha256=second, source_path="/desk/b.wav", job_id=None, outputs={}
+        tx, profile="desk", sha256=second, source_path="/desk/b.wav", job_id=None, outputs={}
     )
 
-    assert queue.profile_files_processed(conn, "h4n", [first, second, third]) == {first}
-    assert queue.profile_files_processed(conn, "desk", [first, second]) == {second}
+    assert queue.profile_files_processed(tx, "h4n", [first, second, third]) == {first}
+    assert queue.profile_files_processed(tx, "desk", [first, second]) == {second}
 
     again = queue.record_profile_file(
-        conn,
+        tx,
         profile="h4n",
         sha256=first,
         source_path="/card/renamed.wav",
@@ -149,20 +149,20 @@ def test_processed_files_are_recorded_per_profile_by_hash(conn: Connection, queu
     )
     assert (again.source_path, again.job_id) == ("/card/renamed.wav", None)
     assert again.outputs == {"vocals": "/media/a/vocals.wav"}
-    assert queue.profile_files_processed(conn, "h4n", [first]) == {first}
+    assert queue.profile_files_processed(tx, "h4n", [first]) == {first}
 
 
-def test_end_users_cannot_read_the_processed_files(conn: Connection, queue: Queue) -> None:
+def test_end_users_cannot_read_the_processed_files(tx: Connection, queue: Queue) -> None:
     queue.record_profile_file(
-        conn,
+        tx,
         profile="h4n",
         sha256=hashlib.sha256(b"x").hexdigest(),
         source_path="/card/a.wav",
         job_id=None,
         outputs={},
     )
-    with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(conn, str(uuid.uuid4())):
-        conn.execute("select * from public.profile_files").fetchall()
+    with pytest.raises(psycopg.errors.InsufficientPrivilege), as_user(tx, str(uuid.uuid4())):
+        tx.execute("select * from public.profile_files").fetchall()
 
 
 def test_file_sha256_reads_the_content(tmp_path: Path) -> None:

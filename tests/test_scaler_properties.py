@@ -26,6 +26,7 @@ from tests.scaler_support import (
     apply_plan,
     backlog,
     check_plan,
+    enqueue_many,
     fleet,
     fly_scaler,
     machine,
@@ -243,8 +244,8 @@ def test_runs_against_a_faulty_fly_keep_the_ceilings_and_make_one_machine_per_cr
     try:
         with connect(url) as conn:
             world = World(fake, queue, conn)
-            for i in range(data.draw(st.sampled_from([0, 3, 60, 400]), label="queued")):
-                queue.enqueue(conn, user_id=PROPERTY_USER, input_key=f"inputs/{i}.wav")
+            queued = data.draw(st.sampled_from([0, 3, 60, 400]), label="queued")
+            enqueue_many(conn, queue, PROPERTY_USER, queued, "")
             planned = 0
             for _ in range(7):
                 clock.advance(1)  # faults strike after the workers' last heartbeats
