@@ -56,12 +56,15 @@ def default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("stemfleet", appauthor=False))
 
 
-class Settings(BaseSettings):
+class _Part(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, extra="ignore", validate_default=True, frozen=True
     )
 
-    # --- core -----------------------------------------------------------------------------
+
+class CoreSettings(_Part):
+    """The database, logging and where local files live: every part reads these."""
+
     database_url: SecretStr = SecretStr("")
     db_pool_min: int = Field(1, ge=0)
     db_pool_max: int = Field(10, ge=1)
@@ -69,7 +72,17 @@ class Settings(BaseSettings):
     log_json: bool = True
     data_dir: Path = Field(default_factory=default_data_dir)
 
-    # --- storage --------------------------------------------------------------------------
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: SecretStr) -> SecretStr:
+        if value and not value.get_secret_value().startswith(("postgres://", "postgresql://")):
+            raise ValueError("must start with postgresql:// (a libpq connection URL)")
+        return value
+
+
+class StorageSettings(_Part):
+    """Where inputs and stems are kept: a local folder or an S3 bucket."""
+
     storage: Literal["local", "s3"] = "local"
     storage_root: Path | None = None  # local backend; default <data_dir>/storage
     s3_endpoint_url: str | None = None
@@ -79,7 +92,10 @@ class Settings(BaseSettings):
     s3_secret_access_key: SecretStr | None = None
     presign_expires: Duration = 3600.0
 
-    # --- worker ---------------------------------------------------------------------------
+
+class WorkerSettings(_Part):
+    """The worker: its model and device, how forward passes run, its lease and retries."""
+
     model: str = "htdemucs"
     model_repo: Path | None = None  # a local folder of Demucs weights (air-gapped machines)
     device: Literal["auto", "cuda", "mps", "cpu"] = "auto"
@@ -111,7 +127,10 @@ class Settings(BaseSettings):
     worker_provider: str = "local"
     region: str | None = None
 
-    # --- scaler ---------------------------------------------------------------------------
+
+class ScalerSettings(_Part):
+    """The scaler: how many machines, at what price, under which budgets, on which provider."""
+
     # a registered provider's name (scaler.providers: local, fly, runpod, ...), checked when the
     # scaler makes it; lower-case letters, digits and _
     provider: str = Field("local", pattern=r"^[a-z][a-z0-9_]*$")
@@ -147,7 +166,23 @@ class Settings(BaseSettings):
     local_worker_command: str = ""  # local provider's worker; default: <this python> -m worker
     fly_max_retries: int = Field(5, ge=0, le=20)  # on 429 and 5xx, with backoff and jitter
 
-    # --- API ------------------------------------------------------------------------------
+    @field_validator("machine_prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return json.loads(value)
+        return value
+
+    @field_validator("scale_rules")
+    @classmethod
+    def _check_rules(cls, value: str) -> str:
+        parse_scale_rules(value)
+        return value
+
+
+class ApiSettings(_Part):
+    """The HTTP API: auth, limits, webhooks, event streams and the web page."""
+
     api_host: str = "127.0.0.1"
     api_port: int = Field(8000, ge=1, le=65535)
     public_url: str | None = None  # how clients reach the API (for served local files)
@@ -178,18 +213,6 @@ class Settings(BaseSettings):
     supabase_anon_key: str | None = None  # the project's public anon key
     web_presign_above_mb: float = Field(8.0, ge=0)  # the page PUTs bigger files to storage
 
-    # --- CLI and embedded default -----------------------------------------------------------
-    api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system
-    api_token: SecretStr | None = None  # bearer token for api_url
-    profiles_file: Path | None = None  # `stemfleet process`; default ./stemfleet.yaml
-
-    @field_validator("database_url")
-    @classmethod
-    def _check_database_url(cls, value: SecretStr) -> SecretStr:
-        if value and not value.get_secret_value().startswith(("postgres://", "postgresql://")):
-            raise ValueError("must start with postgresql:// (a libpq connection URL)")
-        return value
-
     @field_validator("callback_allowlist", "cors_origins", mode="before")
     @classmethod
     def _split_list(cls, value: Any) -> Any:
@@ -197,18 +220,20 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("machine_prices", mode="before")
-    @classmethod
-    def _parse_prices(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            return json.loads(value)
-        return value
 
-    @field_validator("scale_rules")
-    @classmethod
-    def _check_rules(cls, value: str) -> str:
-        parse_scale_rules(value)
-        return value
+class ClientSettings(_Part):
+    """The command line: a deployed API to talk to (else the embedded system), profiles."""
+
+    api_url: str | None = None  # a deployed API the CLI talks to; unset: the embedded system
+    api_token: SecretStr | None = None  # bearer token for api_url
+    profiles_file: Path | None = None  # `stemfleet process`; default ./stemfleet.yaml
+
+
+class Settings(
+    ClientSettings, ApiSettings, ScalerSettings, WorkerSettings, StorageSettings, CoreSettings
+):
+    """All settings, each part's in its own class above (a part's code may take just its part);
+    the environment variable of every field is STEMFLEET_<NAME> whichever part holds it."""
 
     @model_validator(mode="after")
     def _check_consistency(self) -> Settings:

@@ -94,3 +94,27 @@ def test_a_secret_of_the_wrong_type_is_named_without_its_value() -> None:
     with pytest.raises(ConfigError, match="STEMFLEET_JWT_SECRET") as raised:
         load_settings(jwt_secret=["jwt-secret-7f3a"])
     assert "7f3a" not in str(raised.value)
+
+
+def test_settings_are_grouped_by_part_and_each_part_reads_its_own_variables(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from app.settings import (
+        ApiSettings,
+        ClientSettings,
+        CoreSettings,
+        ScalerSettings,
+        Settings,
+        StorageSettings,
+        WorkerSettings,
+    )
+
+    parts = [CoreSettings, StorageSettings, WorkerSettings, ScalerSettings, ApiSettings]
+    parts.append(ClientSettings)
+    names = [set(part.model_fields) for part in parts]
+    assert set().union(*names) == set(Settings.model_fields)
+    assert sum(map(len, names)) == len(Settings.model_fields)  # each setting in one part
+    monkeypatch.setenv("STEMFLEET_THREADS", "3")
+    monkeypatch.setenv("STEMFLEET_MAX_MACHINES", "7")
+    assert WorkerSettings().threads == 3 and "max_machines" not in WorkerSettings.model_fields
+    assert ScalerSettings().max_machines == 7
