@@ -140,6 +140,25 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def report_head(
+    title: str, command: str, facts: dict[str, str], runtime_s: float | None = None
+) -> list[str]:
+    """The opening lines every benchmark report shares: its title, when and how it ran, and
+    the machine's facts as a table."""
+    run = f"Run {now_utc()} with `{command}`"
+    if runtime_s is not None:
+        run += f" (whole run: {runtime_s / 60:.1f} min)"
+    return [
+        f"# {title}",
+        "",
+        run + ".",
+        "",
+        "## Machine",
+        "",
+        markdown_table(["", ""], list(facts.items())),
+    ]
+
+
 def write_result(name: str, text: str) -> Path:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / name

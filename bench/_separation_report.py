@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from bench._common import markdown_table, now_utc
+from bench._common import markdown_table, report_head
 from bench._separation_rows import Round
 
 TARGET = {"cpu": 1.5, "cuda": 2.0}
@@ -148,13 +148,7 @@ def report(
         + ".",
     ]
     parts = [
-        "# Benchmark 2: separation throughput, side by side",
-        "",
-        f"Run {now_utc()} with `{command}` (whole run: {runtime_s / 60:.1f} min).",
-        "",
-        "## Machine",
-        "",
-        markdown_table(["", ""], list(facts.items())),
+        *report_head("Benchmark 2: separation throughput, side by side", command, facts, runtime_s),
         "",
         "## Settings",
         "",

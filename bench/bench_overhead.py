@@ -38,7 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.db import connect
-from bench._common import load_average, markdown_table, now_utc, percentile
+from bench._common import load_average, markdown_table, percentile, report_head
 from bench._separation_common import (
     ROOT,
     JobsRun,
@@ -150,13 +150,9 @@ def report(
         "DB round trip (`select 1`) p50 / p99": f"{rtt[0]:.2f} ms / {rtt[1]:.2f} ms",
     }
     parts = [
-        "# Benchmark 3: per-job overhead of the stemfleet worker",
-        "",
-        f"Run {now_utc()} with `{command}` (whole run: {runtime_s / 60:.1f} min).",
-        "",
-        "## Machine",
-        "",
-        markdown_table(["", ""], list(facts.items())),
+        *report_head(
+            "Benchmark 3: per-job overhead of the stemfleet worker", command, facts, runtime_s
+        ),
         "",
         "## Settings",
         "",

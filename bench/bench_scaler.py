@@ -34,9 +34,9 @@ from bench._common import (
     load_average,
     machine_info,
     markdown_table,
-    now_utc,
     percentile,
     postgres_info,
+    report_head,
     scratch_database,
     write_result,
 )
@@ -218,13 +218,11 @@ def main() -> None:
     facts = {**machine_info(), "load average at start (1/5/15 min)": load, **pg_facts}
     text = "\n".join(
         [
-            "# Scaler: decision cost and the simulated day",
-            "",
-            f"Run {now_utc()} with `.venv/bin/python bench/bench_scaler.py`.",
-            "",
-            "## Machine",
-            "",
-            markdown_table(["", ""], [[k, v] for k, v in facts.items()]),
+            *report_head(
+                "Scaler: decision cost and the simulated day",
+                ".venv/bin/python bench/bench_scaler.py",
+                facts,
+            ),
             "",
             f"## plan(): {QUEUED:,} queued jobs, {MACHINES} machines ({REPEATS} runs)",
             "",
