@@ -13,22 +13,19 @@ capacity is reported as such so the scaler replaces the machine.
 from __future__ import annotations
 
 import copy
-import random
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 
-from app.clock import Clock, SystemClock
 from app.errors import ConfigError
 from app.log import get_logger
-from app.retry import Sleep
 from app.settings import Settings, reveal
 from scaler.model import Machine, MachineState
 from scaler.policy import hourly_price
 from scaler.providers.base import Price, ProviderError, read_template
-from scaler.providers.http import ApiClient, response_text
+from scaler.providers.http import ApiClient, HttpOptions, response_text
 
 ROLE_KEY = "stemfleet_role"
 ROLE = "worker"
@@ -116,12 +113,7 @@ class FlyProvider:
         settings: Settings,
         *,
         template: dict[str, Any] | None = None,
-        client: httpx.Client | None = None,
-        clock: Clock | None = None,
-        sleep: Sleep | None = None,
-        rng: random.Random | None = None,
-        rate: float = 1.0,
-        burst: int = 3,
+        **http: Unpack[HttpOptions],
     ) -> None:
         token = reveal(settings.fly_api_token)
         if not token:
@@ -135,20 +127,15 @@ class FlyProvider:
         self.app = settings.fly_app
         self.create_size = settings.machine_size
         self._template = template_request(template) if template is not None else None
-        self._clock = clock or SystemClock()
         self._base = settings.fly_api_url.rstrip("/") + "/v1"
         self.api = ApiClient(
             "Fly",
             f"{self._base}/apps/{self.app}",
             {"Authorization": f"Bearer {token}", "Accept": "application/json"},
             max_retries=settings.fly_max_retries,
-            client=client,
-            clock=self._clock,
-            sleep=sleep,
-            rng=rng,
-            rate=rate,
-            burst=burst,
+            **http,
         )
+        self._clock = self.api.clock
         self.log = get_logger(provider="fly", app=self.app)
 
     # --- the Provider interface -----------------------------------------------------------

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import httpx
 
@@ -121,6 +121,18 @@ class _Retryable(Exception):
         )
 
 
+class HttpOptions(TypedDict, total=False):
+    """What a provider passes through to its ApiClient: the httpx client, the injected clock,
+    sleep and random source, and the throttle (`rate` requests a second, `burst` saved up)."""
+
+    client: httpx.Client | None
+    clock: Clock | None
+    sleep: Sleep | None
+    rng: random.Random | None
+    rate: float
+    burst: int
+
+
 class ApiClient:
     def __init__(
         self,
@@ -129,26 +141,23 @@ class ApiClient:
         headers: Mapping[str, str],
         *,
         max_retries: int,
-        client: httpx.Client | None = None,
-        clock: Clock | None = None,
-        sleep: Sleep | None = None,
-        rng: random.Random | None = None,
-        rate: float = 1.0,
-        burst: int = 3,
         error_text: Callable[[httpx.Response], str] | None = None,
+        **options: Unpack[HttpOptions],
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers)
         self.max_retries = max_retries
-        self.clock = clock or SystemClock()
-        self.sleep: Sleep = sleep or time.sleep
-        self.rng = rng or random.Random()
-        self.rate, self.burst = rate, burst
+        self.clock = options.get("clock") or SystemClock()
+        self.sleep: Sleep = options.get("sleep") or time.sleep
+        self.rng = options.get("rng") or random.Random()
+        self.rate, self.burst = options.get("rate", 1.0), options.get("burst", 3)
         self.error_text = error_text or response_text
         self._buckets: dict[tuple[str, str], TokenBucket] = {}
         self._not_before = 0.0  # monotonic: a RateLimit window had no requests left until then
-        self._client = client or httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0))
+        self._client = options.get("client") or httpx.Client(
+            timeout=httpx.Timeout(30.0, connect=10.0)
+        )
         self.log = get_logger(provider=provider)
 
     def close(self) -> None:

@@ -38,21 +38,19 @@ creates on the next candidate in the same run, within the same ceilings.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from typing import Any, Unpack
 
 import httpx
 
-from app.clock import Clock, SystemClock
 from app.log import get_logger
-from app.retry import Sleep, jittered, retrying
+from app.retry import jittered, retrying
 from app.settings import Settings
 from scaler.model import Machine, MachineState
 from scaler.providers.base import Price, ProviderError
 from scaler.providers.fly import parse_time
-from scaler.providers.http import ApiClient
+from scaler.providers.http import ApiClient, HttpOptions
 from scaler.providers.runpod_catalog import Candidate, PriceList, detail_of
 from scaler.providers.runpod_settings import RunPodSettings, load_pod_template, load_runpod_settings
 
@@ -75,20 +73,14 @@ class RunPodProvider:
         self,
         settings: Settings,
         runpod: RunPodSettings | None = None,
-        *,
-        client: httpx.Client | None = None,
-        clock: Clock | None = None,
-        sleep: Sleep | None = None,
-        rng: random.Random | None = None,
-        rate: float = 1.0,
-        burst: int = 3,
+        **http: Unpack[HttpOptions],
     ) -> None:
         self.settings = settings
         self.rp = runpod or load_runpod_settings()
         self._template = load_pod_template(self.rp)
-        self._clock = clock or SystemClock()
-        self._rng = rng or random.Random()
         assert self.rp.api_key is not None
+        if http.get("client") is None:
+            http["client"] = httpx.Client(timeout=httpx.Timeout(self.rp.timeout))
         self.api = ApiClient(
             "RunPod",
             self.rp.api_url.rstrip("/") + "/v2",
@@ -97,14 +89,11 @@ class RunPodProvider:
                 "Accept": "application/json",
             },
             max_retries=self.rp.max_retries,
-            client=client or httpx.Client(timeout=httpx.Timeout(self.rp.timeout)),
-            clock=self._clock,
-            sleep=sleep,
-            rng=self._rng,
-            rate=rate,
-            burst=burst,
             error_text=detail_of,
+            **http,
         )
+        self._clock = self.api.clock
+        self._rng = self.api.rng
         self.prices = PriceList(self.rp, self._template)
         self._stopped_at: dict[str, datetime] = {}  # pods this provider stopped, and when
         self.create_size = self.prices.candidates()[0].size
