@@ -24,6 +24,7 @@ import psycopg
 
 from app.db import connect
 from app.embedded import EmbeddedSystem
+from app.embedded.supervision import StartStop
 from app.pgserver import LocalPostgres, free_port
 from app.processes import pid_alive
 from app.settings import load_settings
@@ -64,7 +65,7 @@ class Tuning:
         return self.lease + self.reaper_interval + self.scaler_interval
 
 
-class ChaosSystem:
+class ChaosSystem(StartStop):
     def __init__(self, run_dir: Path, tuning: Tuning, *, seed: int) -> None:
         self.run_dir = run_dir
         self.tuning = tuning
@@ -232,14 +233,3 @@ class ChaosSystem:
             os.kill(pid, signal.SIGKILL)
             return pid
         return None
-
-    def __enter__(self) -> ChaosSystem:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

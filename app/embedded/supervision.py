@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Self
 
 import psutil
 
@@ -119,3 +119,26 @@ def sweep_orphans(keep: set[int], grace: float) -> None:
                     os.waitpid(pid, 0)
             break
         time.sleep(0.05)
+
+
+class StartStop:
+    """A system of processes used as a context manager: `start()` on entering the `with` block,
+    `stop()` on leaving it, and `stop()` too when `start()` fails half way, so nothing it had
+    started is left running. `stop()` must cope with a partial start."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

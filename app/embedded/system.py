@@ -22,7 +22,7 @@ import httpx
 
 from app.embedded.postgres import EmbeddedError, EmbeddedPostgres, Say
 from app.embedded.state import EmbeddedState, remove_state, save_state
-from app.embedded.supervision import Child, become_subreaper, spawn, sweep_orphans
+from app.embedded.supervision import Child, StartStop, become_subreaper, spawn, sweep_orphans
 from app.pgserver import free_port, port_in_use
 from app.processes import stemfleet_command
 from app.settings import Settings
@@ -34,7 +34,7 @@ SWEEP_MARGIN = 10.0  # beyond STEMFLEET_SHUTDOWN_GRACE, which a worker may use t
 _WORKER_ERROR = re.compile(r"^stemfleet(?: worker)?: error: (.+)$", re.MULTILINE)
 
 
-class EmbeddedSystem:
+class EmbeddedSystem(StartStop):
     """Postgres + migrations + API + scaler (local workers). Use as a context manager.
 
     `port`: the API's port; 0 picks a free one (for `stemfleet separate`).
@@ -264,14 +264,3 @@ class EmbeddedSystem:
         if self.postgres and self.postgres.server:
             keep.add(self.postgres.server.postmaster_pid() or -1)
         sweep_orphans(keep, self.settings.shutdown_grace + SWEEP_MARGIN)
-
-    def __enter__(self) -> EmbeddedSystem:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
