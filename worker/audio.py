@@ -296,15 +296,18 @@ def probe_duration(path: Path) -> float:
     return source.duration
 
 
-def _span(source: _Source, start: float, duration: float | None) -> tuple[int, int, int | None]:
-    """(first frame, frames by the header, frames to read: None reads to the end of the stream,
-    which may hold more than a header that estimates its length says)."""
+def _span(
+    name: str, source: _Source, start: float, duration: float | None, max_seconds: float | None
+) -> tuple[int, int | None]:
+    """(first frame, frames to read: None reads to the end of the stream, which may hold more
+    than a header that estimates its length says), once the span's length by the header is
+    within `max_seconds` (check_duration)."""
     first = min(source.frames, max(0, round(start * source.samplerate)))
     frames = source.frames - first
-    if duration is None:
-        return first, frames, None
-    frames = min(frames, round(duration * source.samplerate))
-    return first, frames, frames
+    read = None if duration is None else min(frames, round(duration * source.samplerate))
+    span_frames = frames if read is None else read
+    check_duration(name, span_frames / source.samplerate if source.samplerate else 0, max_seconds)
+    return first, read
 
 
 def _limited(
@@ -346,8 +349,7 @@ def iter_decode(
     the span decoded (from `start`, `duration` long), so a preview of a long file is allowed.
     """
     source = _open(path)
-    first, frames, read = _span(source, start, duration)
-    check_duration(path.name, frames / source.samplerate if source.samplerate else 0, max_seconds)
+    first, read = _span(path.name, source, start, duration, max_seconds)
     resampler = StreamResampler(source.samplerate, samplerate)
     produced = 0
     for block in _limited(source, source.blocks(first, read, block_frames), max_seconds):
@@ -379,8 +381,7 @@ def decode(
     "too_long" (the decoded span is over `max_seconds`).
     """
     source = _open(path)
-    first, frames, read = _span(source, start, duration)
-    check_duration(path.name, frames / source.samplerate if source.samplerate else 0, max_seconds)
+    first, read = _span(path.name, source, start, duration, max_seconds)
     blocks = [
         torch.from_numpy(b) for b in _limited(source, source.blocks(first, read), max_seconds)
     ]
