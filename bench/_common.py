@@ -141,22 +141,19 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def report_head(
-    title: str, command: str, facts: dict[str, str], runtime_s: float | None = None
+    title: str,
+    command: str,
+    facts: dict[str, str],
+    *,
+    took: str | None = None,
+    machine_heading: bool = True,
 ) -> list[str]:
-    """The opening lines every benchmark report shares: its title, when and how it ran, and
-    the machine's facts as a table."""
-    run = f"Run {now_utc()} with `{command}`"
-    if runtime_s is not None:
-        run += f" (whole run: {runtime_s / 60:.1f} min)"
-    return [
-        f"# {title}",
-        "",
-        run + ".",
-        "",
-        "## Machine",
-        "",
-        markdown_table(["", ""], list(facts.items())),
-    ]
+    """The opening lines every benchmark report shares: its title, when and how it ran (and how
+    long it took), and the machine's facts as a table, under a `## Machine` heading unless the
+    report leaves it out."""
+    run = f"Run {now_utc()} with `{command}`" + (f" ({took})" if took else "") + "."
+    heading = ["## Machine", ""] if machine_heading else []
+    return [f"# {title}", "", run, "", *heading, markdown_table(["", ""], list(facts.items()))]
 
 
 def write_result(name: str, text: str) -> Path:

@@ -148,7 +148,12 @@ def report(
         + ".",
     ]
     parts = [
-        *report_head("Benchmark 2: separation throughput, side by side", command, facts, runtime_s),
+        *report_head(
+            "Benchmark 2: separation throughput, side by side",
+            command,
+            facts,
+            took=f"whole run: {runtime_s / 60:.1f} min",
+        ),
         "",
         "## Settings",
         "",

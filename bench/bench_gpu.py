@@ -44,7 +44,13 @@ import torch  # noqa: E402
 
 from app.params import parse_params  # noqa: E402
 from app.settings import load_settings  # noqa: E402
-from bench._common import load_average, machine_info, markdown_table, now_utc, publish  # noqa: E402
+from bench._common import (  # noqa: E402
+    load_average,
+    machine_info,
+    markdown_table,
+    publish,
+    report_head,
+)
 from worker.engine import Stream, normalisation, tensor_reader  # noqa: E402
 from worker.separation import Separator  # noqa: E402
 
@@ -315,11 +321,13 @@ def report(args: argparse.Namespace, found: dict[str, Any], command: str) -> str
         "model": f"{args.model} (random weights)",
     }
     lines = [
-        f"# Accelerator sweep: {args.model} on {args.device}",
-        "",
-        f"Run {now_utc()} with `{command}` ({found['elapsed_s']:.0f} s).",
-        "",
-        markdown_table(["", ""], list(facts.items())),
+        *report_head(
+            f"Accelerator sweep: {args.model} on {args.device}",
+            command,
+            facts,
+            took=f"{found['elapsed_s']:.0f} s",
+            machine_heading=False,
+        ),
         "",
         f"## A {seconds:g} s track per variant (the worker's Separator, in process)",
         "",

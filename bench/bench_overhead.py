@@ -151,7 +151,10 @@ def report(
     }
     parts = [
         *report_head(
-            "Benchmark 3: per-job overhead of the stemfleet worker", command, facts, runtime_s
+            "Benchmark 3: per-job overhead of the stemfleet worker",
+            command,
+            facts,
+            took=f"whole run: {runtime_s / 60:.1f} min",
         ),
         "",
         "## Settings",

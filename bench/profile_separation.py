@@ -37,7 +37,13 @@ for _path in (ROOT, ROOT / "scripts"):
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from bench._common import load_average, machine_info, markdown_table, now_utc, publish  # noqa: E402
+from bench._common import (  # noqa: E402
+    load_average,
+    machine_info,
+    markdown_table,
+    publish,
+    report_head,
+)
 
 GROUPS = (
     "STFT / iSTFT",
@@ -252,11 +258,12 @@ def report(args: argparse.Namespace, figures: dict[str, Any], command: str) -> s
         f"{figures['flops'] / 1e9 / best:,.1f} GFLOP/s at the best pass.",
     ]
     parts = [
-        f"# Profile: one {seconds:g} s segment, {figures['model']}, {args.device}",
-        "",
-        f"Run {now_utc()} with `{command}`.",
-        "",
-        markdown_table(["", ""], list(facts.items())),
+        *report_head(
+            f"Profile: one {seconds:g} s segment, {figures['model']}, {args.device}",
+            command,
+            facts,
+            machine_heading=False,
+        ),
         "",
         f"Model: {figures['model']}, {figures['parameters']:,} parameters, random weights; "
         "Demucs' `apply_model` (shifts=1, overlap 0.25) on a mix exactly one segment long.",
