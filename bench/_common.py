@@ -144,14 +144,17 @@ def report_head(
     title: str,
     command: str,
     facts: dict[str, str],
+    runtime_s: float | None = None,
     *,
-    took: str | None = None,
     machine_heading: bool = True,
 ) -> list[str]:
-    """The opening lines every benchmark report shares: its title, when and how it ran (and how
-    long it took), and the machine's facts as a table, under a `## Machine` heading unless the
+    """The opening lines every benchmark report shares: its title, when and how it ran (and for
+    how long), and the machine's facts as a table, under a `## Machine` heading unless the
     report leaves it out."""
-    run = f"Run {now_utc()} with `{command}`" + (f" ({took})" if took else "") + "."
+    run = f"Run {now_utc()} with `{command}`"
+    if runtime_s is not None:
+        run += f" (whole run: {runtime_s / 60:.1f} min)"
+    run += "."
     heading = ["## Machine", ""] if machine_heading else []
     return [f"# {title}", "", run, "", *heading, markdown_table(["", ""], list(facts.items()))]
 

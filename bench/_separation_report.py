@@ -152,7 +152,7 @@ def report(
             "Benchmark 2: separation throughput, side by side",
             command,
             facts,
-            took=f"whole run: {runtime_s / 60:.1f} min",
+            runtime_s,
         ),
         "",
         "## Settings",

@@ -44,13 +44,7 @@ import torch  # noqa: E402
 
 from app.params import parse_params  # noqa: E402
 from app.settings import load_settings  # noqa: E402
-from bench._common import (  # noqa: E402
-    load_average,
-    machine_info,
-    markdown_table,
-    publish,
-    report_head,
-)
+from bench._common import load_average, machine_info, markdown_table, publish, report_head  # noqa: E402
 from worker.engine import Stream, normalisation, tensor_reader  # noqa: E402
 from worker.separation import Separator  # noqa: E402
 
@@ -325,7 +319,7 @@ def report(args: argparse.Namespace, found: dict[str, Any], command: str) -> str
             f"Accelerator sweep: {args.model} on {args.device}",
             command,
             facts,
-            took=f"{found['elapsed_s']:.0f} s",
+            found["elapsed_s"],
             machine_heading=False,
         ),
         "",

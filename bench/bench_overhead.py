@@ -154,7 +154,7 @@ def report(
             "Benchmark 3: per-job overhead of the stemfleet worker",
             command,
             facts,
-            took=f"whole run: {runtime_s / 60:.1f} min",
+            runtime_s,
         ),
         "",
         "## Settings",

@@ -37,13 +37,7 @@ for _path in (ROOT, ROOT / "scripts"):
 import torch  # noqa: E402
 from torch.profiler import ProfilerActivity, profile, record_function  # noqa: E402
 
-from bench._common import (  # noqa: E402
-    load_average,
-    machine_info,
-    markdown_table,
-    publish,
-    report_head,
-)
+from bench._common import load_average, machine_info, markdown_table, publish, report_head  # noqa: E402
 
 GROUPS = (
     "STFT / iSTFT",
