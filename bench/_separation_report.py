@@ -148,12 +148,7 @@ def report(
         + ".",
     ]
     parts = [
-        *report_head(
-            "Benchmark 2: separation throughput, side by side",
-            command,
-            facts,
-            runtime_s,
-        ),
+        *report_head("Benchmark 2: separation throughput, side by side", command, facts, runtime_s),
         "",
         "## Settings",
         "",

@@ -151,10 +151,7 @@ def report(
     }
     parts = [
         *report_head(
-            "Benchmark 3: per-job overhead of the stemfleet worker",
-            command,
-            facts,
-            runtime_s,
+            "Benchmark 3: per-job overhead of the stemfleet worker", command, facts, runtime_s
         ),
         "",
         "## Settings",
