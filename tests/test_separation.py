@@ -37,8 +37,12 @@ def model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _separator(model: str, repo: Path | None = None, batch_size: int = 3) -> Separator:
+    # the segment arithmetic of worker/engine.py, run by PyTorch itself: the engines' own
+    # numbers (auto is onnx on CPU for HTDemucs) are tests/test_engines.py's
     return Separator(
-        load_settings(model=model, model_repo=repo, device="cpu", batch_size=batch_size)
+        load_settings(
+            model=model, model_repo=repo, device="cpu", batch_size=batch_size, engine="eager"
+        )
     )
 
 
@@ -242,7 +246,8 @@ def test_a_model_that_failed_to_load_is_not_tried_again_for_a_while(tmp_path: Pa
     repo, _ = write_random_htdemucs_repo(tmp_path / "models", name="tiny_htdemucs")
     clock = FakeClock()
     separator = Separator(
-        load_settings(model="tiny_htdemucs", model_repo=repo, device="cpu"), clock=clock
+        load_settings(model="tiny_htdemucs", model_repo=repo, device="cpu", engine="eager"),
+        clock=clock,
     )
     with pytest.raises(PermanentJobError, match="unknown model 'later'") as first:
         separator.model_for("later")

@@ -27,6 +27,7 @@ from app.errors import ConfigError, PermanentJobError
 from app.log import get_logger
 from app.params import KNOWN_MODELS, model_folder_names
 from worker.engines import Forward, prepare
+from worker.engines.choice import choose
 
 MODEL_FAILURE_TTL = 300.0  # seconds a model that failed to load is not tried again
 
@@ -134,11 +135,13 @@ def load_onto(
     engine: str = "eager",
     cache_dir: Path | None = None,
 ) -> LoadedModel:
-    """`load_model`, moved to `device`, each member prepared by `engine` (a concrete engine of
-    worker/engines; `cache_dir` holds its artefacts)."""
+    """`load_model`, moved to `device`, each member prepared by `engine` (a STEMFLEET_ENGINE
+    value; `auto` becomes the device's engine where it can run this model, see
+    worker/engines/choice.py; `cache_dir` holds the engine's artefacts)."""
     started = time.perf_counter()
     model = load_model(name, repo)
     model.to(device)
+    engine = choose(engine, device, precision, model)
     members = list(model.models) if isinstance(model, BagOfModels) else [model]
     forwards = [
         prepare(engine, member, device=device, precision=precision, cache_dir=cache_dir)

@@ -51,7 +51,7 @@ class Separator:
                 "precision_unsupported", precision="fp16", device="cpu", using="fp32"
             )
             self.precision = "fp32"
-        self.engine = resolve(settings.engine, self.device)
+        resolve(settings.engine, self.device)  # an unknown engine fails before any load
         self.lanes = cpu_lanes(settings.cpu_lanes) if self.device == "cpu" else 1
         self.model_name = settings.model
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
@@ -60,6 +60,7 @@ class Separator:
         self.samplerate = self.loaded.samplerate
         self.audio_channels = self.loaded.audio_channels
         self.sources = list(self.loaded.sources)
+        self.engine = self.loaded.engine  # the configured model's, `auto` resolved for it
 
     # --- models ----------------------------------------------------------------------------
     def _load(self, name: str) -> LoadedModel:
@@ -68,7 +69,7 @@ class Separator:
             self.settings.model_repo,
             self.device,
             precision=self.precision,
-            engine=self.engine,
+            engine=self.settings.engine,
             cache_dir=self.settings.compile_cache_dir,
         )
 

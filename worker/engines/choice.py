@@ -7,25 +7,33 @@ The table below names, per device, the fastest engine that passes the equivalenc
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from worker.engines import REGISTRY, EngineUnavailable
 
-# device -> the engine `auto` picks there (figures: bench/results/engines.md). The rule: a
-# compiled engine may not make a cold worker's first job slower than eager by more than its
-# gain on that job. cpu: a cold Inductor compile of even the tests' tiny HTDemucs did not finish
-# in 15 min on 2 cores (156 CPU-s in Python alone, plus g++), more than eager spends on ~20 full
-# htdemucs segments (6.8 CPU-s each), and the compiled gain per segment is unmeasured: eager.
-# cuda: not measured in this session (no GPU lent): eager until bench/gpu.sh measures compiled.
+# device -> the engine `auto` prefers there (figures: bench/results/separation.md, engines.md,
+# onnx_engine.md). The rule: a faster engine may not make a cold worker's first job slower than
+# eager by more than its gain on that job.
+# cpu: onnx. 10 x 30 s htdemucs clips, 2 threads, quiet machine, one worker process each:
+#   eager 222.7 s, onnx 167.0 s with its cold export inside (start to first claim 11.8 s against
+#   2.4 s): the first 30 s job of a cold worker ends about 2.7 s later than eager's, against a
+#   gain of about 6.8 s on that job; a warm cache loads in about 2 s. Every member must be one
+#   the export supports (HTDemucs) and the precision fp32, else eager (see `choose`).
+#   compiled: a cold Inductor compile of even the tests' tiny HTDemucs did not finish in 15 min
+#   on 2 cores, so it is never the default here.
+# cuda: not measured in this session (no GPU lent): eager until bench/gpu.sh measures the others.
 AUTO: dict[str, str] = {
-    "cpu": "eager",
+    "cpu": "onnx",
     "cuda": "eager",
     "mps": "eager",
 }
 
 
 def resolve(setting: str, device: str) -> str:
-    """The concrete engine for `setting` (a STEMFLEET_ENGINE value) on `device`."""
+    """The engine `setting` (a STEMFLEET_ENGINE value) prefers on `device`; `choose` has the
+    last word for a given model."""
     if setting == "auto":
         return AUTO.get(device, "eager")
     if setting not in REGISTRY:
@@ -34,6 +42,26 @@ def resolve(setting: str, device: str) -> str:
             f"{', '.join(REGISTRY)}"
         )
     return setting
+
+
+def choose(setting: str, device: str, precision: str, model: Any) -> str:
+    """The engine that runs `model` (a member or a bag): what `setting` asks for, or with
+    `auto` the device's preferred engine where it can run the whole model in this precision,
+    else eager. An engine asked for by name is used as asked (it fails loudly if it cannot)."""
+    engine = resolve(setting, device)
+    if setting == "auto" and engine == "onnx" and not _onnx_runs(model, precision):
+        return "eager"
+    return engine
+
+
+def _onnx_runs(model: Any, precision: str) -> bool:
+    if precision != "fp32":
+        return False
+    try:
+        from worker.engines import onnx_runtime
+    except ImportError:  # onnxruntime is not installed (a slim image)
+        return False
+    return onnx_runtime.available() and onnx_runtime.supports(model)
 
 
 def cpu_lanes(setting: int) -> int:
