@@ -120,7 +120,12 @@ def test_engine_equals_demucs_apply_model(
 def test_cpu_lanes_run_one_segment_per_thread_and_equal_apply_model(model_repo: Path) -> None:
     separator = Separator(
         load_settings(
-            model="tiny_htdemucs", model_repo=model_repo, device="cpu", cpu_lanes=2, threads=2
+            model="tiny_htdemucs",
+            model_repo=model_repo,
+            device="cpu",
+            cpu_lanes=2,
+            threads=2,
+            engine="eager",  # PyTorch's forward, which the hooks see (onnx: test_engine_onnx)
         )
     )
     assert separator.lanes == 2
@@ -151,7 +156,12 @@ def test_cpu_lanes_leave_the_callers_thread_count_as_they_found_it(model_repo: P
     lanes put it back, so decoding, encoding and a later one-lane model keep their threads."""
     separator = Separator(
         load_settings(
-            model="tiny_htdemucs", model_repo=model_repo, device="cpu", cpu_lanes=2, threads=2
+            model="tiny_htdemucs",
+            model_repo=model_repo,
+            device="cpu",
+            cpu_lanes=2,
+            threads=2,
+            engine="eager",  # PyTorch's forward, which the hooks see (onnx: test_engine_onnx)
         )
     )
     after: list[int] = []
