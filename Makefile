@@ -1,6 +1,6 @@
 # stemfleet: `make demo` separates a generated clip on the embedded default; `make test` runs
 # the whole suite (installs into .venv, starts its own Postgres and S3 endpoint).
-.PHONY: install lint test test-compile demo clean
+.PHONY: install lint test demo clean
 
 install:
 	./scripts/install.sh
@@ -12,10 +12,6 @@ lint: install
 
 test: lint
 	.venv/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-
-# the compiled engine's equivalence tests (torch.compile: minutes per model on CPU)
-test-compile:
-	.venv/bin/pytest -q -p no:cacheprovider -m compile --timeout 3600 tests/test_engines.py
 
 demo: install
 	./scripts/demo.sh

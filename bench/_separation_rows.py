@@ -44,6 +44,7 @@ from bench._separation_common import (
     frames_of,
 )
 from tests.worker_helpers import libpq_url
+from worker.engines import autocast
 
 
 @dataclass
@@ -263,14 +264,6 @@ class ApplyRow(Row):
         self.model.to(options.device).eval()
         self.load_s = time.perf_counter() - started
 
-    def _autocast(self) -> Any:
-        import contextlib
-
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.options.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.options.device, dtype=dtype)
-
     def _one(self, clip: Path, out: Path) -> None:
         """The CLI's own steps: sphn decode, convert_audio, normalise, apply_model, save_audio."""
         import sphn
@@ -282,7 +275,7 @@ class ApplyRow(Row):
         wav = convert_audio(torch.from_numpy(data), int(rate), model.samplerate, 2)
         ref = wav.mean(0)
         mean, std = ref.mean(), ref.std() + 1e-8
-        with self._autocast(), torch.inference_mode():
+        with autocast(self.options.device, self.options.precision), torch.inference_mode():
             sources = apply_model(
                 model, ((wav - mean) / std)[None], shifts=1, split=True, overlap=0.25,
                 device=self.options.device,

@@ -32,7 +32,7 @@ from _common import machine_info, markdown_table, now_utc, write_result
 from demucs.htdemucs import HTDemucs
 from fetch_model import HTDEMUCS_KWARGS
 
-from worker.engines import onnx_runtime, onnx_split
+from worker.engines import htdemucs_split, onnx_runtime
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
@@ -68,10 +68,10 @@ def openvino_forward(model: HTDemucs, cache: Path, threads: int) -> Forward:
     )
 
     def forward(mix: torch.Tensor) -> torch.Tensor:
-        z, mag, padded = onnx_split.front(model, mix)
+        z, mag, padded = htdemucs_split.front(model, mix)
         result = compiled({"mag": mag.numpy(), "mix": padded.numpy()})
         x, xt = (torch.from_numpy(result[name]) for name in ("x", "xt"))
-        return onnx_split.back(model, z, x, xt, mix.shape[-1])
+        return htdemucs_split.back(model, z, x, xt, mix.shape[-1])
 
     return forward
 

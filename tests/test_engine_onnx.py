@@ -23,7 +23,7 @@ from app.params import JobParams
 from app.settings import load_settings
 from worker.engine import normalisation
 from worker.engines import onnx_runtime
-from worker.engines.onnx_split import Unsupported
+from worker.engines.htdemucs_split import Unsupported
 from worker.separation import Separator
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,7 @@ from app.clock import Clock
 from app.errors import ConfigError, PermanentJobError
 from app.log import get_logger
 from app.params import KNOWN_MODELS, model_folder_names
-from worker.engines import Forward, prepare
+from worker.engines import Forward, prepare, torch_threads
 from worker.engines.choice import choose
 
 MODEL_FAILURE_TTL = 300.0  # seconds a model that failed to load is not tried again
@@ -134,19 +134,22 @@ def load_onto(
     precision: str,
     engine: str = "eager",
     cache_dir: Path | None = None,
+    call_threads: int | None = None,
 ) -> LoadedModel:
     """`load_model`, moved to `device`, each member prepared by `engine` (a STEMFLEET_ENGINE
     value; `auto` becomes the device's engine where it can run this model, see
-    worker/engines/choice.py; `cache_dir` holds the engine's artefacts)."""
+    worker/engines/choice.py; `cache_dir` holds the engine's artefacts) under the intra-op
+    thread count its forward passes run with (`call_threads`; None: the caller's)."""
     started = time.perf_counter()
     model = load_model(name, repo)
     model.to(device)
     engine = choose(engine, device, precision, model)
     members = list(model.models) if isinstance(model, BagOfModels) else [model]
-    forwards = [
-        prepare(engine, member, device=device, precision=precision, cache_dir=cache_dir)
-        for member in members
-    ]
+    with torch_threads(call_threads):
+        forwards = [
+            prepare(engine, member, device=device, precision=precision, cache_dir=cache_dir)
+            for member in members
+        ]
     loaded = LoadedModel(
         name=name,
         model=model,

@@ -23,7 +23,7 @@ import torch
 
 from app.log import get_logger
 from worker.engine import Engine, JobCancelled, Segment, Stream, StreamResult
-from worker.engines import Forward
+from worker.engines import Forward, autocast
 from worker.models import LoadedModel
 
 
@@ -84,7 +84,7 @@ class ModelRunner:
             return torch.cat(list(self.lanes.map(self._lane(member), inputs.split(1))))
         while True:
             try:
-                with self._autocast():
+                with autocast(self.device, self.precision):
                     return self.forwards[member](inputs).float()
             except torch.cuda.OutOfMemoryError:
                 if inputs.shape[0] == 1:
@@ -98,17 +98,10 @@ class ModelRunner:
 
     def _lane(self, member: int) -> Any:
         def run(segment: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode(), self._autocast():  # both are per thread
+            with torch.inference_mode(), autocast(self.device, self.precision):  # per thread
                 return self.forwards[member](segment).float()
 
         return run
-
-    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)
-        if dtype is None:
-            return contextlib.nullcontext()
-        device_type = "cuda" if self.device.startswith("cuda") else self.device
-        return torch.autocast(device_type=device_type, dtype=dtype)
 
 
 def run_shared(engines: list[Engine], model: ModelRunner) -> None:

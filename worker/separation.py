@@ -71,6 +71,7 @@ class Separator:
             precision=self.precision,
             engine=self.settings.engine,
             cache_dir=self.settings.compile_cache_dir,
+            call_threads=1 if self.lanes > 1 else None,  # a lane runs on one thread
         )
 
     def model_for(self, name: str | None) -> LoadedModel:

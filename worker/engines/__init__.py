@@ -20,8 +20,9 @@ a ConfigError naming STEMFLEET_ENGINE.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,31 @@ ENGINES = ("auto", *REGISTRY)  # the values STEMFLEET_ENGINE accepts
 class EngineUnavailable(ConfigError):
     """The engine asked for cannot run here (its module or a dependency is missing, or it does
     not support the device); the message names STEMFLEET_ENGINE."""
+
+
+def autocast(device: str, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The autocast a forward pass runs under for `precision` (fp32: none; fp16, bf16)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    device_type = "cuda" if device.startswith("cuda") else device
+    return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """The calling thread's intra-op thread count set to `threads` (None: left as it is) for the
+    block. An engine is prepared under the count its calls run with (a CPU lane's one): the
+    compiled engine's graphs are specialised to it."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def prepare(

@@ -2,8 +2,8 @@
 
 `prepare(model, device=..., precision=..., cache_dir=...)` returns a `Forward` with the model's
 own contract (a batch of mix segments [B, C, T] float32 -> [B, S, C, T]); inside, a segment goes
-through `onnx_split.front` (PyTorch), the exported `HTDemucsNetwork` (ONNX Runtime) and
-`onnx_split.back` (PyTorch).
+through `htdemucs_split.front` (PyTorch), the exported `HTDemucsNetwork` (ONNX Runtime) and
+`htdemucs_split.back` (PyTorch).
 
 - Export: the TorchScript exporter (`torch.onnx.export(dynamo=False)`, opset 17), a dynamic
   batch and a fixed segment length (HTDemucs pads every segment to its training length). It
@@ -20,7 +20,7 @@ through `onnx_split.front` (PyTorch), the exported `HTDemucsNetwork` (ONNX Runti
   several threads at once, one segment each: those calls share the first session, each run on
   its caller's thread (one intra-op thread). With STEMFLEET_CPU_LANES=1 and the CPU's batch of
   one, a segment therefore runs on one intra-op thread.
-- fp32 only: any other precision raises `Unsupported`, as does a model `onnx_split.check`
+- fp32 only: any other precision raises `Unsupported`, as does a model `htdemucs_split.check`
   refuses (HDemucs, Demucs v2).
 """
 
@@ -40,7 +40,7 @@ import torch
 
 from app.log import get_logger
 from worker.engines import Forward
-from worker.engines.onnx_split import (
+from worker.engines.htdemucs_split import (
     HTDemucsNetwork,
     Unsupported,
     back,
@@ -79,7 +79,7 @@ def supports(model: Any) -> bool:
     members = getattr(model, "models", None) or [model]
     try:
         for member in members:
-            check(member)
+            check(member, "onnx")
     except Unsupported:
         return False
     return True
@@ -91,7 +91,7 @@ def prepare(
     """A forward pass of `model` (one HTDemucs) on ONNX Runtime; raises `Unsupported` where
     the engine cannot run it. Exports (or loads from `cache_dir`) the training length's
     network at once; another input length (a model without use_train_segment) on first use."""
-    check(model)
+    check(model, "onnx")
     if precision != "fp32":
         raise Unsupported(
             f"the onnx engine runs fp32 only, not {precision}: set STEMFLEET_ENGINE=eager "

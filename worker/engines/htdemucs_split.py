@@ -1,12 +1,15 @@
-"""HTDemucs' forward pass in three parts, so that its network can leave PyTorch for ONNX.
+"""HTDemucs' forward pass in three parts, so that its real-valued network can run on another
+engine: exported to ONNX (`onnx_runtime`) or compiled by Inductor (`compiled`).
 
-The complex STFT / iSTFT have blocked a plain ONNX export of HTDemucs. Here its forward
+The complex STFT / iSTFT have blocked a plain ONNX export of HTDemucs; compiled whole, the tests'
+tiny HTDemucs did not finish compiling in 15 minutes on 2 cores, while its network alone compiles
+in about a minute (bench/results/engines.md). Here its forward
 (`demucs.htdemucs.HTDemucs.forward`, Demucs 4.0/4.1) is redone in three parts with the same
 arithmetic in the same order:
 
 - `front` (PyTorch): pad the segment to the training length, `_spec` (STFT) and `_magnitude`
   (the complex spectrogram as real channels);
-- `HTDemucsNetwork` (exported): both normalisations, the frequency and time encoders, the
+- `HTDemucsNetwork` (the engine's part): both normalisations, the frequency and time encoders, the
   cross-domain transformer, both decoders and the de-normalisations: real tensors only;
 - `back` (PyTorch): `_mask` (complex-as-channels back to complex, or Wiener filtering),
   `_ispec` (iSTFT), the sum of both branches and the trim to the input length.
@@ -28,15 +31,16 @@ from worker.engines import EngineUnavailable
 
 
 class Unsupported(EngineUnavailable):
-    """The model cannot run on the ONNX engine (its architecture, its settings, the precision
-    or the device asked for): the message names STEMFLEET_ENGINE."""
+    """The model cannot run on the engine asked for (its architecture, its settings, the
+    precision or the device): the message names STEMFLEET_ENGINE."""
 
 
-def check(model: Any) -> None:
-    """Raise `Unsupported` (saying why) unless `model` is an HTDemucs the split reproduces."""
+def check(model: Any, engine: str) -> None:
+    """Raise `Unsupported` (saying why) unless `model` is an HTDemucs the split reproduces;
+    `engine` (onnx, compiled) names the engine in the message."""
     if not isinstance(model, HTDemucs):
         raise Unsupported(
-            f"the onnx engine runs HTDemucs models only, not {type(model).__name__}: "
+            f"the {engine} engine runs HTDemucs models only, not {type(model).__name__}: "
             "set STEMFLEET_ENGINE=eager (or auto) for this model"
         )
     transformer = model.crosstransformer
@@ -44,14 +48,14 @@ def check(model: Any) -> None:
         transformer.emb == "sin" and transformer.sin_random_shift
     ):  # a random positional shift on every pass: an export would freeze one draw
         raise Unsupported(
-            "the onnx engine cannot run an HTDemucs with sin_random_shift > 0: "
+            f"the {engine} engine cannot run an HTDemucs with sin_random_shift > 0: "
             "set STEMFLEET_ENGINE=eager"
         )
     if transformer is not None and any(
         getattr(layer, "sparse", False) for layer in [*transformer.layers, *transformer.layers_t]
     ):
         raise Unsupported(
-            "the onnx engine cannot run an HTDemucs with sparse attention: "
+            f"the {engine} engine cannot run an HTDemucs with sparse attention: "
             "set STEMFLEET_ENGINE=eager"
         )
 
