@@ -17,11 +17,8 @@ from bench._queue_measure import (
     Latency,
     Picked,
     Throughput,
-    count,
     measure_latency,
-    run_processes,
-    settle,
-    wait_finished,
+    measure_throughput,
 )
 
 SF_RESET = "truncate public.jobs, public.workers cascade"
@@ -72,12 +69,7 @@ def stemfleet_latency(url: str, *, jobs: int, warmup: int, gap_s: float) -> Late
                 return job.id
 
             return measure_latency(
-                insert,
-                picked,
-                lambda job_id: wait_finished(observer, SF_STATUS, job_id, "succeeded"),
-                jobs=jobs,
-                warmup=warmup,
-                gap_s=gap_s,
+                insert, picked, observer, SF_STATUS, jobs=jobs, warmup=warmup, gap_s=gap_s
             )
         finally:
             stop.set()
@@ -101,12 +93,19 @@ def stemfleet_throughput_worker(url: str, index: int, barrier: Any, results: Any
 
 
 def stemfleet_throughput(url: str, *, jobs: int, workers: int) -> Throughput:
-    settle(url, SF_RESET)
+    return measure_throughput(
+        url,
+        "stemfleet",
+        jobs=jobs,
+        reset_sql=SF_RESET,
+        fill=lambda: fill_stemfleet(url, jobs),
+        worker=stemfleet_throughput_worker,
+        args=[(url, i) for i in range(workers)],
+        succeeded_sql=SF_SUCCEEDED,
+    )
+
+
+def fill_stemfleet(url: str, jobs: int) -> None:
     with connect(url) as conn:
         conn.execute(SF_FILL, (BENCH_USER, jobs))
         conn.execute("vacuum analyze public.jobs")
-    result = run_processes(stemfleet_throughput_worker, [(url, i) for i in range(workers)])
-    finished = count(url, SF_SUCCEEDED)
-    if result.jobs != jobs or finished != jobs:
-        raise RuntimeError(f"stemfleet: {result.jobs} done, {finished} succeeded of {jobs}")
-    return result
