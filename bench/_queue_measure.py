@@ -118,21 +118,16 @@ class Throughput:
         return self.jobs / self.seconds
 
 
-def measure_throughput(
-    url: str,
+def drain(
     queue: str,
-    *,
+    url: str,
+    succeeded_sql: str,
     jobs: int,
-    reset_sql: str,
-    fill: Callable[[], None],
     worker: Callable[..., None],
     args: list[tuple[Any, ...]],
-    succeeded_sql: str,
 ) -> Throughput:
-    """Empty the queue, `fill` it with `jobs` jobs, time `worker(*arg, barrier, results)` processes
-    draining it, and check that every job was done once and reads succeeded."""
-    settle(url, reset_sql)
-    fill()
+    """Time `worker(*arg, barrier, results)` processes draining a queue filled with `jobs` jobs,
+    and check that every job was done once and `succeeded_sql` counts it succeeded."""
     result = run_processes(worker, args)
     finished = count(url, succeeded_sql)
     if result.jobs != jobs or finished != jobs:

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 
 from app.db import connect
-from bench._queue_measure import Latency, Picked, Throughput, measure_latency, measure_throughput
+from bench._queue_measure import Latency, Picked, Throughput, drain, measure_latency, settle
 
 TASK_NAME = "bench_noop"
 PC_RESET = "truncate procrastinate_jobs, procrastinate_workers restart identity cascade"
@@ -172,13 +172,7 @@ def fill_procrastinate(url: str, jobs: int) -> None:
 def procrastinate_throughput(
     url: str, *, jobs: int, processes: int, concurrency: int, autocommit: bool
 ) -> Throughput:
-    return measure_throughput(
-        url,
-        "procrastinate",
-        jobs=jobs,
-        reset_sql=PC_RESET,
-        fill=lambda: fill_procrastinate(url, jobs),
-        worker=procrastinate_throughput_worker,
-        args=[(url, concurrency, autocommit) for _ in range(processes)],
-        succeeded_sql=PC_SUCCEEDED,
-    )
+    settle(url, PC_RESET)
+    fill_procrastinate(url, jobs)
+    args = [(url, concurrency, autocommit) for _ in range(processes)]
+    return drain("procrastinate", url, PC_SUCCEEDED, jobs, procrastinate_throughput_worker, args)

@@ -17,8 +17,9 @@ from bench._queue_measure import (
     Latency,
     Picked,
     Throughput,
+    drain,
     measure_latency,
-    measure_throughput,
+    settle,
 )
 
 SF_RESET = "truncate public.jobs, public.workers cascade"
@@ -93,16 +94,10 @@ def stemfleet_throughput_worker(url: str, index: int, barrier: Any, results: Any
 
 
 def stemfleet_throughput(url: str, *, jobs: int, workers: int) -> Throughput:
-    return measure_throughput(
-        url,
-        "stemfleet",
-        jobs=jobs,
-        reset_sql=SF_RESET,
-        fill=lambda: fill_stemfleet(url, jobs),
-        worker=stemfleet_throughput_worker,
-        args=[(url, i) for i in range(workers)],
-        succeeded_sql=SF_SUCCEEDED,
-    )
+    settle(url, SF_RESET)
+    fill_stemfleet(url, jobs)
+    args = [(url, i) for i in range(workers)]
+    return drain("stemfleet", url, SF_SUCCEEDED, jobs, stemfleet_throughput_worker, args)
 
 
 def fill_stemfleet(url: str, jobs: int) -> None:
