@@ -66,17 +66,9 @@ class Latency:
     insert_ms: list[float]  # the insert statement's round trip (execute + commit)
     woken_ms: list[float]  # insert -> worker woken by the notification (stemfleet only)
 
-    @property
-    def p50(self) -> float:
-        return percentile(self.samples_ms, 50)
-
-    @property
-    def p99(self) -> float:
-        return percentile(self.samples_ms, 99)
-
-    @property
-    def max(self) -> float:
-        return max(self.samples_ms)
+    def pickup_ms(self, p: float) -> float:
+        """Nearest-rank percentile of the pick-up latency (p = 100: the slowest)."""
+        return percentile(self.samples_ms, p)
 
 
 # (job key, when the worker held it, when its listener woke or None) or the worker's failure
@@ -86,12 +78,15 @@ Picked = stdqueue.Queue[tuple[Any, float, float | None] | BaseException]
 def measure_latency(
     insert: Callable[[int], Any],
     picked: Picked,
-    wait_done: Callable[[Any], None],
+    observer: Connection,
+    status_sql: str,
     *,
     jobs: int,
     warmup: int,
     gap_s: float,
 ) -> Latency:
+    """Insert one job at a time (`insert(seq)` returns its key), take the worker's pick-up from
+    `picked`, and wait on `observer` until `status_sql` reads the job succeeded."""
     result = Latency([], [], [])
     for seq in range(warmup + jobs):
         time.sleep(gap_s)
@@ -104,7 +99,7 @@ def measure_latency(
         got_id, t1, t_woken = got
         if got_id != job_id:
             raise RuntimeError(f"inserted {job_id} but the worker picked {got_id}")
-        wait_done(job_id)
+        wait_finished(observer, status_sql, job_id, "succeeded")
         if seq >= warmup:
             result.samples_ms.append((t1 - t0) * 1000)
             result.insert_ms.append((t_inserted - t0) * 1000)
@@ -121,6 +116,23 @@ class Throughput:
     @property
     def per_s(self) -> float:
         return self.jobs / self.seconds
+
+
+def drain(
+    queue: str,
+    url: str,
+    succeeded_sql: str,
+    jobs: int,
+    worker: Callable[..., None],
+    args: list[tuple[Any, ...]],
+) -> Throughput:
+    """Time `worker(*arg, barrier, results)` processes draining a queue filled with `jobs` jobs,
+    and check that every job was done once and `succeeded_sql` counts it succeeded."""
+    result = run_processes(worker, args)
+    finished = count(url, succeeded_sql)
+    if result.jobs != jobs or finished != jobs:
+        raise RuntimeError(f"{queue}: {result.jobs} done, {finished} succeeded of {jobs}")
+    return result
 
 
 def run_processes(target: Callable[..., None], args: list[tuple[Any, ...]]) -> Throughput:

@@ -15,16 +15,7 @@ from typing import Any
 import psycopg
 
 from app.db import connect
-from bench._queue_measure import (
-    Latency,
-    Picked,
-    Throughput,
-    count,
-    measure_latency,
-    run_processes,
-    settle,
-    wait_finished,
-)
+from bench._queue_measure import Latency, Picked, Throughput, drain, measure_latency, settle
 
 TASK_NAME = "bench_noop"
 PC_RESET = "truncate procrastinate_jobs, procrastinate_workers restart identity cascade"
@@ -74,9 +65,9 @@ def procrastinate_latency(
         connector=procrastinate.PsycopgConnector(conninfo=url, **procrastinate_pool(1, autocommit))
     )
 
-    @app.task(name=TASK_NAME)
-    async def bench_noop(seq: int) -> None:
-        picked.put((seq, time.monotonic(), None))
+    @app.task(name=TASK_NAME, pass_context=True)
+    async def bench_noop(context: procrastinate.JobContext, seq: int) -> None:
+        picked.put((context.job.id, time.monotonic(), None))
 
     loop = asyncio.new_event_loop()
     started = threading.Event()
@@ -115,19 +106,12 @@ def procrastinate_latency(
     try:
         with deferrer.open(), connect(url, application_name="bench-pc-observe") as observer:
             task = deferrer.configure_task(name=TASK_NAME)
-            seq_to_id: dict[int, int] = {}
 
             def insert(seq: int) -> Any:
-                seq_to_id[seq] = task.defer(seq=seq)
-                return seq
+                return task.defer(seq=seq)
 
             return measure_latency(
-                insert,
-                picked,
-                lambda seq: wait_finished(observer, PC_STATUS, seq_to_id[seq], "succeeded"),
-                jobs=jobs,
-                warmup=warmup,
-                gap_s=gap_s,
+                insert, picked, observer, PC_STATUS, jobs=jobs, warmup=warmup, gap_s=gap_s
             )
     finally:
         if worker_task:
@@ -190,11 +174,5 @@ def procrastinate_throughput(
 ) -> Throughput:
     settle(url, PC_RESET)
     fill_procrastinate(url, jobs)
-    result = run_processes(
-        procrastinate_throughput_worker,
-        [(url, concurrency, autocommit) for _ in range(processes)],
-    )
-    finished = count(url, PC_SUCCEEDED)
-    if result.jobs != jobs or finished != jobs:
-        raise RuntimeError(f"procrastinate: {result.jobs} done, {finished} succeeded of {jobs}")
-    return result
+    args = [(url, concurrency, autocommit) for _ in range(processes)]
+    return drain("procrastinate", url, PC_SUCCEEDED, jobs, procrastinate_throughput_worker, args)

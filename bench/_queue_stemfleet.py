@@ -17,11 +17,9 @@ from bench._queue_measure import (
     Latency,
     Picked,
     Throughput,
-    count,
+    drain,
     measure_latency,
-    run_processes,
     settle,
-    wait_finished,
 )
 
 SF_RESET = "truncate public.jobs, public.workers cascade"
@@ -72,12 +70,7 @@ def stemfleet_latency(url: str, *, jobs: int, warmup: int, gap_s: float) -> Late
                 return job.id
 
             return measure_latency(
-                insert,
-                picked,
-                lambda job_id: wait_finished(observer, SF_STATUS, job_id, "succeeded"),
-                jobs=jobs,
-                warmup=warmup,
-                gap_s=gap_s,
+                insert, picked, observer, SF_STATUS, jobs=jobs, warmup=warmup, gap_s=gap_s
             )
         finally:
             stop.set()
@@ -102,11 +95,12 @@ def stemfleet_throughput_worker(url: str, index: int, barrier: Any, results: Any
 
 def stemfleet_throughput(url: str, *, jobs: int, workers: int) -> Throughput:
     settle(url, SF_RESET)
+    fill_stemfleet(url, jobs)
+    args = [(url, i) for i in range(workers)]
+    return drain("stemfleet", url, SF_SUCCEEDED, jobs, stemfleet_throughput_worker, args)
+
+
+def fill_stemfleet(url: str, jobs: int) -> None:
     with connect(url) as conn:
         conn.execute(SF_FILL, (BENCH_USER, jobs))
         conn.execute("vacuum analyze public.jobs")
-    result = run_processes(stemfleet_throughput_worker, [(url, i) for i in range(workers)])
-    finished = count(url, SF_SUCCEEDED)
-    if result.jobs != jobs or finished != jobs:
-        raise RuntimeError(f"stemfleet: {result.jobs} done, {finished} succeeded of {jobs}")
-    return result

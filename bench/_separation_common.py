@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import sys
@@ -93,6 +94,27 @@ def machine_facts(threads: int, device: str) -> dict[str, str]:
     if device == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(0)
     return facts
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, results: Path) -> None:
+    """The options every separation benchmark takes: threads, device, precision, the worker's
+    batch size, where the report goes (`results` by default) and the work folder."""
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the worker's default")
+    parser.add_argument("--results", type=Path, default=None, help=f"default: {results}")
+    parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+
+
+def set_up_run(threads: int, device: str, precision: str) -> dict[str, str]:
+    """What a separation benchmark does first: refuse a device or precision it cannot use, quiet
+    the worker's logs, use `threads` threads here and in children; returns the machine's facts."""
+    check_device(device, precision)
+    quiet_logs()
+    use_threads(threads)
+    return machine_facts(threads, device)
 
 
 TINY_MODEL = "htdemucs_tiny"
@@ -201,6 +223,10 @@ class JobsRun:
         return sum(float(job.timings.get(name, 0.0)) for job in self.jobs)
 
 
+# WorkerBench's fields that are the worker's settings of the same name
+WORKER_KNOBS = ("threads", "device", "precision", "batch_size", "group_jobs")
+
+
 @dataclass
 class WorkerBench:
     """Postgres + local storage + one Worker looping on a thread (use as a context manager)."""
@@ -244,11 +270,7 @@ class WorkerBench:
             data_dir=self.workdir / "data",
             model=MODEL_NAME,
             model_repo=self.model_repo,
-            device=self.device,
-            precision=self.precision,
-            batch_size=self.batch_size,
-            group_jobs=self.group_jobs,
-            threads=self.threads,
+            **{knob: getattr(self, knob) for knob in WORKER_KNOBS},
             worker_idle_exit=0,
             machine_id=f"bench-{uuid.uuid4().hex[:8]}",
         )

@@ -25,16 +25,12 @@ class RowResult:
         return sum(r.wall_s for r in self.rounds)
 
     @property
-    def cpu_s(self) -> float:
-        return sum(r.cpu_s for r in self.rounds)
-
-    @property
     def per_wall(self) -> float:
         return self.audio_s * len(self.rounds) / self.wall_s
 
     @property
     def per_cpu(self) -> float:
-        return self.audio_s * len(self.rounds) / self.cpu_s
+        return self.audio_s * len(self.rounds) / sum(r.cpu_s for r in self.rounds)
 
     def mean_extra(self, name: str) -> float | None:
         values = [r.extra[name] for r in self.rounds if name in r.extra]

@@ -78,6 +78,9 @@ class Row:
     key = ""
     name = ""
 
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
     def run(self, clips: list[Path], round_index: int) -> Round:
         raise NotImplementedError
 
@@ -92,7 +95,8 @@ def _check_folder(folder: Path, clip: Path, label: str) -> None:
 # --- stemfleet: a worker process per engine ------------------------------------------------------
 class WorkerRow(Row):
     def __init__(self, options: Options, engine: str, admin_url: str) -> None:
-        self.options, self.engine, self.admin_url = options, engine, admin_url
+        super().__init__(options)
+        self.engine, self.admin_url = engine, admin_url
         self.key = f"stemfleet-{engine}"
         self.name = f"stemfleet worker, STEMFLEET_ENGINE={engine}"
 
@@ -227,9 +231,6 @@ class CliAllRow(Row):
     key = "cli-all"
     name = "Demucs CLI, all clips in one invocation (`demucs *.wav`)"
 
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
     def run(self, clips: list[Path], round_index: int) -> Round:
         load = load_average()
         wall, cpu = _cli(self.options, self.options.workdir / f"{self.key}-{round_index}", clips)
@@ -239,9 +240,6 @@ class CliAllRow(Row):
 class CliPerClipRow(Row):
     key = "cli-each"
     name = "Demucs CLI, one invocation per clip"
-
-    def __init__(self, options: Options) -> None:
-        self.options = options
 
     def run(self, clips: list[Path], round_index: int) -> Round:
         load = load_average()
@@ -258,7 +256,7 @@ class ApplyRow(Row):
     def __init__(self, options: Options) -> None:
         from demucs.pretrained import get_model
 
-        self.options = options
+        super().__init__(options)
         started = time.perf_counter()
         self.model = get_model(options.model, repo=options.repo)
         self.model.to(options.device).eval()

@@ -26,8 +26,8 @@ from _common import (
     load_average,
     machine_info,
     markdown_table,
-    now_utc,
     percentile,
+    report_head,
     scratch_database,
     write_result,
 )
@@ -130,17 +130,18 @@ def main() -> int:
     )
     print(summary)
     rows = [(n + 1, f"{value:.2f}") for n, value in enumerate(seconds)]
-    facts = {**machine_info(), "load average": load_average(), "scaler interval": args.interval}
-    write_result(
-        "dead_worker.md",
-        "# Kill to requeued (a SIGKILLed local worker)\n\n"
-        f"Run {now_utc()} with `.venv/bin/python bench/bench_dead_worker.py --rounds "
-        f"{args.rounds} --interval {args.interval:g}`.\n\n"
-        + markdown_table(["round", "kill to requeued, s"], rows)
-        + f"\n\n{summary}\n\n"
-        + "\n".join(f"- {k}: {v}" for k, v in facts.items())
-        + "\n",
+    command = (
+        f".venv/bin/python bench/bench_dead_worker.py --rounds {args.rounds} "
+        f"--interval {args.interval:g}"
     )
+    facts = {
+        **machine_info(),
+        "load average": load_average(),
+        "scaler interval": f"{args.interval:g} s",
+    }
+    head = report_head("Kill to requeued (a SIGKILLed local worker)", command, facts)
+    table = markdown_table(["round", "kill to requeued, s"], rows)
+    write_result("dead_worker.md", "\n".join([*head, "", table, "", summary, ""]))
     return 0
 
 

@@ -27,7 +27,6 @@ unless --results is given).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -43,14 +42,12 @@ from bench._separation_common import (
     ROOT,
     JobsRun,
     WorkerBench,
-    check_device,
+    add_run_arguments,
     check_stem_files,
     frames_of,
-    machine_facts,
     prepare_model,
-    quiet_logs,
     say,
-    use_threads,
+    set_up_run,
     write_clips,
 )
 
@@ -208,13 +205,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=180.0, help="length of the clip")
     parser.add_argument("--quick", action="store_true", help="a 20 s clip: a smoke check")
     parser.add_argument("--warmup", type=float, default=5.0, help="warm-up clip (s); 0: none")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    parser.add_argument("--batch-size", type=int, default=0, help="0: the worker's default")
-    parser.add_argument("--results", type=Path, default=None, help=f"default: {RESULTS}")
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds = 20.0
@@ -225,13 +216,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_device(args.device, args.precision)
-    quiet_logs()
-    use_threads(args.threads)
+    facts = set_up_run(args.threads, args.device, args.precision)
     command = " ".join([".venv/bin/python bench/bench_overhead.py", *(argv or sys.argv[1:])])
     started = time.perf_counter()
     load_start = load_average()
-    facts = machine_facts(args.threads, args.device)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stemfleet-bench-overhead-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -32,13 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._common import bench_postgres, load_average, publish
 from bench._separation_common import (
     ROOT,
+    add_run_arguments,
     audio_seconds,
-    check_device,
-    machine_facts,
     prepare_model,
-    quiet_logs,
     say,
-    use_threads,
+    set_up_run,
     write_clips,
 )
 from bench._separation_report import RowResult, report
@@ -76,9 +73,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="2 clips of 3 s, htdemucs_tiny, one round: a check"
     )
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
     parser.add_argument(
         "--engines", default="eager", help="comma-separated STEMFLEET_ENGINE values"
     )
@@ -88,11 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset of cli-all, cli-each, apply (besides the engines)",
     )
     parser.add_argument("--rounds", type=int, default=2, help="passes over all rows")
-    parser.add_argument("--batch-size", type=int, default=0, help="stemfleet's; 0: default")
     parser.add_argument("--group-jobs", type=int, default=0, help="stemfleet's; 0: default")
-    parser.add_argument("--results", type=Path, default=None, help=f"default: {RESULTS}")
-    parser.add_argument("--workdir", type=Path, default=None)
-    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    add_run_arguments(parser, RESULTS)
     args = parser.parse_args(argv)
     if args.quick:
         args.clips, args.seconds, args.model, args.rounds = 2, 3.0, "htdemucs_tiny", 1
@@ -140,13 +131,11 @@ def run_rounds(
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    check_device(args.device, args.precision)
-    quiet_logs()
-    use_threads(args.threads)
+    facts = set_up_run(args.threads, args.device, args.precision)
+    facts["load average at start"] = load_average()
     given = argv if argv is not None else sys.argv[1:]
     command = " ".join(["bench/bench_separation.py", *given])
     started = time.perf_counter()
-    facts = {**machine_facts(args.threads, args.device), "load average at start": load_average()}
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="stemfleet-bench-separation-"))
     workdir.mkdir(parents=True, exist_ok=True)
     try:

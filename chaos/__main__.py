@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("werkzeug", "httpx"):  # moto's request log, the API client's requests
         logging.getLogger(noisy).setLevel(logging.WARNING)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    tuning = Tuning(workers=args.workers, lease=args.lease, heartbeat=min(2.0, args.lease / 4))
+    tuning = Tuning(workers=args.workers, lease=args.lease)
     return run(Config(rounds=args.rounds, seed=seed, tuning=tuning, deck=deck, keep=args.keep))
 
 

@@ -50,9 +50,13 @@ WEBHOOK_REDELIVERY_S = 3 * WEBHOOK_TIMEOUT_S + 30 + 10
 class Tuning:
     workers: int = 2
     lease: float = 20.0
-    heartbeat: float = 2.0
     scaler_interval: float = 1.0
     max_attempts: int = 3
+
+    @property
+    def heartbeat(self) -> float:
+        """How often a worker extends its lease: often enough that a short lease survives."""
+        return min(2.0, self.lease / 4)
 
     @property
     def reaper_interval(self) -> float:

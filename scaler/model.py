@@ -13,14 +13,10 @@ from app.queue.fleet import BacklogGroup, SpendSoFar
 # The interface's machine states (documented in scaler/providers/base.py): every provider maps
 # its own states onto these; the policy sees nothing else.
 MachineState = Literal["starting", "started", "stopping", "stopped", "failed", "gone"]
-MACHINE_STATES: tuple[MachineState, ...] = (
-    "starting",
-    "started",
-    "stopping",
-    "stopped",
-    "failed",
-    "gone",
-)
+
+# What the policy returns: an action of one of these kinds, taken to scale up, down or repair.
+ActionKind = Literal["start", "create", "undrain", "drain", "stop", "destroy"]
+Direction = Literal["up", "down", "repair"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +148,6 @@ class Backlog:
 
 
 Spend = SpendSoFar
-
-ActionKind = Literal["start", "create", "undrain", "drain", "stop", "destroy"]
-Direction = Literal["up", "down", "repair"]
 
 
 @dataclass(frozen=True, slots=True)

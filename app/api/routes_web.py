@@ -5,19 +5,21 @@ self-hosting recipe, so it works offline."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from string import Template
 
 from fastapi import APIRouter, FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
-from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from app.api import routes_stems
 from app.api.deps import Ctx
 from app.params import KNOWN_MODELS
-from app.web import STATIC_DIR
+from app.web import PAGES_DIR, STATIC_DIR
 
 DOCS_ASSETS = "/docs-assets"
 SWAGGER_UI_DIR = Path(str(resources.files("fastapi_offline") / "static"))
@@ -37,19 +39,55 @@ class WebConfig(BaseModel):
     presign_above_bytes: int = Field(description="bigger files go through a presigned PUT")
 
 
-def _page(name: str) -> FileResponse:
+@dataclass(frozen=True)
+class Page:
+    """A page: the shared layout (pages/layout.html) around its own <main> (pages/<name>), with
+    its title and home link, its script under /static/js, and the controls its header shows
+    before Sign out."""
+
+    name: str
+    title: str
+    home: str
+    script: str
+    nav: tuple[str, ...]
+
+
+USER_PAGE = Page(
+    "index.html", "stemfleet", "/", "main.js", ('<span id="who" class="muted"></span>',)
+)
+OPERATOR_PAGE = Page(
+    "admin.html",
+    "stemfleet · operator",
+    "/admin",
+    "admin.js",
+    (
+        '<span id="updated" class="muted small" aria-live="polite"></span>',
+        '<button id="refresh" type="button" hidden>Refresh</button>',
+    ),
+)
+
+
+def _page(page: Page) -> HTMLResponse:
+    layout = Template((PAGES_DIR / "layout.html").read_text(encoding="utf-8"))
+    html = layout.substitute(
+        title=page.title,
+        home=page.home,
+        script=page.script,
+        nav="\n      ".join(page.nav),
+        main=(PAGES_DIR / page.name).read_text(encoding="utf-8").rstrip("\n"),
+    )
     # no-cache: a new version of the page is picked up at the next load
-    return FileResponse(STATIC_DIR / name, headers={"Cache-Control": "no-cache"})
+    return HTMLResponse(html, headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/", response_class=FileResponse)
-def user_page() -> FileResponse:
-    return _page("index.html")
+@router.get("/", response_class=HTMLResponse)
+def user_page() -> HTMLResponse:
+    return _page(USER_PAGE)
 
 
-@router.get("/admin", response_class=FileResponse)
-def operator_page() -> FileResponse:
-    return _page("admin.html")
+@router.get("/admin", response_class=HTMLResponse)
+def operator_page() -> HTMLResponse:
+    return _page(OPERATOR_PAGE)
 
 
 @router.get("/v1/web/config", response_model=WebConfig)

@@ -33,12 +33,12 @@ class JobOut(BaseModel):
     input_key: str
     input_sha256: str | None
     duration_s: float | None = Field(description="seconds of input audio")
-    error: str | None
-    error_kind: str | None
-    attempts: int
-    max_attempts: int
-    callback_url: str | None
-    idempotency_key: str | None
+    error: str | None = Field(description="why the job failed, in words a user can act on")
+    error_kind: str | None = Field(description="the failure's class, for programs to match on")
+    attempts: int = Field(description="tries started so far")
+    max_attempts: int = Field(description="tries before a failing job fails for good")
+    callback_url: str | None = Field(description="where the job's webhooks are sent")
+    idempotency_key: str | None = Field(description="the Idempotency-Key it was submitted with")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -101,31 +101,15 @@ def job_view(
             name: StemFile(key=key, url=storage.presign_get(key, expires))
             for name, key in stem_keys(job.output).items()
         }
-    return JobOut(
-        id=job.id,
-        kind=job.kind,
-        status=job.status,
-        progress=job.progress,
-        queue_position=position if job.status == "queued" else None,
-        params=job.params,
-        input_key=job.input_key,
-        input_sha256=job.input_sha256,
-        duration_s=job.duration_s,
-        error=job.error,
-        error_kind=job.error_kind,
-        attempts=job.attempts,
-        max_attempts=job.max_attempts,
-        callback_url=job.callback_url,
-        idempotency_key=job.idempotency_key,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
-        updated_at=job.updated_at,
-        timings=timings,
-        output=job.output,
-        stems=stems,
-        url_expires_in=expires if stems else None,
-        reused_from=None,
+    # Job's own fields by name (JobOut shows a subset), then what the view adds
+    view = JobOut.model_validate(job, from_attributes=True)
+    return view.model_copy(
+        update={
+            "queue_position": position if job.status == "queued" else None,
+            "timings": timings,
+            "stems": stems,
+            "url_expires_in": expires if stems else None,
+        }
     )
 
 

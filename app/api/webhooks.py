@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from structlog.contextvars import bound_contextvars
 
 from app import __version__
 from app.api.auth import secret_file
@@ -144,31 +145,35 @@ class WebhookDispatcher:
                 conn, limit=self.batch, lease=self.settings.webhook_timeout * 3 + 30
             )
         for delivery in claimed:
-            started = time.perf_counter()
-            outcome = self.attempt(delivery)
-            elapsed_ms = (time.perf_counter() - started) * 1000
-            with self.connect() as conn:
-                recorded = self.queue.record_webhook_attempt(
-                    conn,
-                    delivery,
-                    delivered=outcome.delivered,
-                    status_code=outcome.status_code,
-                    error=outcome.error,
-                    duration_ms=elapsed_ms,
-                    retryable=outcome.retryable,
-                    backoff_base=self.settings.webhook_retry_base,
-                    max_age=self.settings.webhook_max_age,
-                )
-            self.log.info(
-                "webhook_attempted",
-                job_id=str(delivery.job_id),
-                delivery_id=str(delivery.id),
-                attempt=delivery.attempts,
+            # the delivery's ids on every line logged meanwhile (httpx's request line too)
+            with bound_contextvars(job_id=str(delivery.job_id), delivery_id=str(delivery.id)):
+                self._deliver(delivery)
+        return len(claimed)
+
+    def _deliver(self, delivery: WebhookDelivery) -> None:
+        """One attempt at a delivery, recorded (delivered, or when to retry, or failed)."""
+        started = time.perf_counter()
+        outcome = self.attempt(delivery)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        with self.connect() as conn:
+            recorded = self.queue.record_webhook_attempt(
+                conn,
+                delivery,
+                delivered=outcome.delivered,
                 status_code=outcome.status_code,
                 error=outcome.error,
-                delivery_status=recorded.status,
+                duration_ms=elapsed_ms,
+                retryable=outcome.retryable,
+                backoff_base=self.settings.webhook_retry_base,
+                max_age=self.settings.webhook_max_age,
             )
-        return len(claimed)
+        self.log.info(
+            "webhook_attempted",
+            attempt=delivery.attempts,
+            status_code=outcome.status_code,
+            error=outcome.error,
+            delivery_status=recorded.status,
+        )
 
     def body(self, delivery: WebhookDelivery) -> bytes:
         with self.connect() as conn:

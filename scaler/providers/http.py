@@ -24,6 +24,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import KW_ONLY, dataclass
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, TypedDict, Unpack
@@ -99,26 +100,19 @@ def wait_hint(headers: Mapping[str, str], now: datetime) -> float | None:
     return reset if reset is not None else exhausted_for(headers.get("RateLimit"))
 
 
+@dataclass(eq=False)
 class _Retryable(Exception):
     """One failed try that may be retried: carries what the final error needs."""
 
-    def __init__(
-        self,
-        reason: str,
-        *,
-        kind: str,
-        status: int | None = None,
-        hint: float | None = None,
-        detail: str = "",
-    ) -> None:
-        super().__init__(reason)
-        self.reason, self.kind, self.status, self.hint, self.detail = (
-            reason,
-            kind,
-            status,
-            hint,
-            detail,
-        )
+    reason: str
+    _: KW_ONLY
+    kind: str
+    status: int | None = None
+    hint: float | None = None
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        super().__init__(self.reason)
 
 
 class HttpOptions(TypedDict, total=False):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TextIO
 
@@ -52,18 +52,28 @@ def _duration(text: str) -> float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+# SimModel's fields on the command line: option, field, type, help (the default is SimModel's)
+MODEL_OPTIONS: tuple[tuple[str, str, Callable[[str], float], str], ...] = (
+    ("--boot", "boot_s", _duration, "stopped machine to worker"),
+    ("--create-boot", "create_boot_s", _duration, "new machine to worker"),
+    ("--rtf", "rtf", float, "processing s per audio s"),
+    ("--job-overhead", "job_overhead_s", _duration, "per-job fixed time"),
+    ("--cold-start", "cold_start_s", _duration, "serverless start"),
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", metavar="CSV", help="arrivals: arrival_s,audio_s[,kind]")
     parser.add_argument("--seed", type=int, default=1, help="seed of the built-in day")
     parser.add_argument("--jobs", type=int, default=600, help="built-in day: jobs besides bursts")
     parser.add_argument("--bursts", type=int, default=3, help="built-in day: number of spikes")
     parser.add_argument("--burst-jobs", type=int, default=150, help="built-in day: jobs per spike")
-    parser.add_argument("--boot", type=_duration, default=45.0, help="stopped machine to worker")
-    parser.add_argument("--create-boot", type=_duration, default=90.0, help="new machine to worker")
-    parser.add_argument("--rtf", type=float, default=0.1, help="processing s per audio s")
-    parser.add_argument("--job-overhead", type=_duration, default=5.0, help="per-job fixed time")
+    defaults = SimModel()
+    for option, name, kind, what in MODEL_OPTIONS:
+        parser.add_argument(
+            option, dest=name, type=kind, default=getattr(defaults, name), help=what
+        )
     parser.add_argument("--always-on", type=int, default=None, help="N (default max_machines)")
-    parser.add_argument("--cold-start", type=_duration, default=30.0, help="serverless start")
     parser.add_argument(
         "--serverless-usd-per-hour",
         type=float,
@@ -101,14 +111,8 @@ def run_cli(
         settings = with_offer(settings, offer, args.pod_usd_per_hour)
         per_s = args.serverless_usd_per_second or offer.serverless_usd_per_s
         serverless_hourly = serverless_hourly or per_s * 3600
-    model = SimModel(
-        boot_s=args.boot,
-        create_boot_s=args.create_boot,
-        rtf=args.rtf,
-        job_overhead_s=args.job_overhead,
-        cold_start_s=args.cold_start,
-        serverless_hourly_usd=serverless_hourly,
-    )
+    knobs = {name: getattr(args, name) for _, name, _, _ in MODEL_OPTIONS}
+    model = SimModel(**knobs, serverless_hourly_usd=serverless_hourly)
     always_on = args.always_on if args.always_on is not None else max(1, settings.max_machines)
     results = compare(arrivals, settings, model, always_on=always_on, seed=args.seed)
     price = hourly_price(settings, settings.machine_size)
