@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,24 +61,17 @@ def _lane_pool(lanes: int) -> Iterator[ThreadPoolExecutor | None]:
         yield pool
 
 
+@dataclass(eq=False)
 class ModelRunner:
     """Forward passes of one model on one device, each member run by its prepared forward
     (worker/engines): autocast, and on CUDA out-of-memory the batch halves (for the rest of the
     run) instead of failing."""
 
-    def __init__(
-        self,
-        forwards: list[Forward],
-        device: str,
-        precision: str,
-        batch_size: int,
-        lanes: ThreadPoolExecutor | None = None,
-    ) -> None:
-        self.forwards = forwards
-        self.device = device
-        self.precision = precision
-        self.batch_size = batch_size
-        self.lanes = lanes
+    forwards: list[Forward]
+    device: str
+    precision: str
+    batch_size: int
+    lanes: ThreadPoolExecutor | None = None
 
     def __call__(self, member: int, inputs: torch.Tensor) -> torch.Tensor:
         if self.lanes is not None:

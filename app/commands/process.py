@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,25 +116,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+@dataclass(kw_only=True, eq=False)
 class Session:
     """Where a profile runs. For a local profile with no `stemfleet up` running, only the
     embedded database starts at first (enough to know what is new); the API, scaler and a
     worker start once there is something to process."""
 
-    def __init__(
-        self,
-        *,
-        where: str,
-        client: ApiClient | None = None,
-        database_url: str | None = None,
-        system: EmbeddedSystem | None = None,
-        default_model: str | None = None,
-    ) -> None:
-        self.where = where
-        self.client = client
-        self.database_url = database_url
-        self.system = system
-        self.default_model = default_model
+    where: str
+    client: ApiClient | None = None
+    database_url: str | None = None
+    system: EmbeddedSystem | None = None
+    default_model: str | None = None
 
     def target(self) -> Target:
         if self.client is None:
