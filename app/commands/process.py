@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.cli_args import add_command
 from app.client import ApiClient, JobDict
 from app.commands.batch import Batch, Item, ItemResult, output_folders
 from app.commands.common import (
@@ -54,11 +55,8 @@ from app.settings import Settings, reveal
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "process",
-        help="separate the new files of a folder profile (see stemfleet.yaml)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "process", __doc__, "separate the new files of a folder profile (see stemfleet.yaml)"
     )
     parser.add_argument("profile", metavar="PROFILE", help="a profile name from the config")
     parser.add_argument(

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from app.cli_args import add_command
 from app.commands.batch import Batch, Item, ItemResult, output_folders
 from app.commands.common import (
     MODEL_HINT,
@@ -74,11 +75,8 @@ def params_from(args: argparse.Namespace) -> JobParams:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "separate",
-        help="split audio files into stems (vocals, drums, bass, other)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "separate", __doc__, "split audio files into stems (vocals, drums, bass, other)"
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files")
     parser.add_argument(
