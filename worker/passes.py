@@ -28,21 +28,24 @@ from worker.engines import Forward
 from worker.models import LoadedModel
 
 
-def run_streams(
-    loaded: LoadedModel,
-    streams: list[Stream],
-    *,
-    device: str,
-    precision: str,
-    batch_size: int,
-    lanes: int = 1,
-) -> list[StreamResult]:
-    """Separate `streams` with `loaded` on `device`, `batch_size` segments per pass at most
-    (see `run_shared`), a pass's segments run in `lanes` threads at once on CPU; one run at a
-    time per model."""
+@dataclass(frozen=True)
+class PassPlan:
+    """How the forward passes of a run go: on `device` at `precision`, `batch_size` segments
+    per pass at most (see `run_shared`), a pass's segments in `lanes` threads at once on CPU."""
+
+    device: str
+    precision: str
+    batch_size: int
+    lanes: int = 1
+
+
+def run_streams(loaded: LoadedModel, streams: list[Stream], plan: PassPlan) -> list[StreamResult]:
+    """Separate `streams` with `loaded` as `plan` says; one run at a time per model."""
+    device = plan.device
     engines = [Engine(loaded, stream, device) for stream in streams]
-    with loaded.lock, _lane_pool(lanes if device == "cpu" else 1) as pool:
-        run_shared(engines, ModelRunner(loaded.forwards, device, precision, batch_size, pool))
+    with loaded.lock, _lane_pool(plan.lanes if device == "cpu" else 1) as pool:
+        runner = ModelRunner(loaded.forwards, device, plan.precision, plan.batch_size, pool)
+        run_shared(engines, runner)
     return [engine.result for engine in engines]
 
 
