@@ -15,6 +15,7 @@ from urllib.parse import urljoin
 
 import httpx
 
+from app.closing import Closing
 from app.errors import StemfleetError
 from app.params import JobParams
 
@@ -60,7 +61,7 @@ def _error_of(response: httpx.Response) -> ApiClientError:
     )
 
 
-class ApiClient:
+class ApiClient(Closing):
     def __init__(
         self,
         base_url: str,
@@ -80,12 +81,6 @@ class ApiClient:
 
     def close(self) -> None:
         self._http.close()
-
-    def __enter__(self) -> ApiClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- plumbing ------------------------------------------------------------------------------
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

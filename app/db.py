@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import psycopg
 from psycopg import pq, sql
 from psycopg.rows import DictRow, dict_row
 from psycopg.types.json import Json
 from psycopg_pool import ConnectionPool
+
+from app.closing import Closing
 
 Connection = psycopg.Connection[DictRow]
 
@@ -65,7 +66,7 @@ def as_user(conn: Connection, user_id: str, role: str = "authenticated") -> Iter
             conn.execute(Q_RESTORE_ROLE_AND_CLAIMS, before)
 
 
-class Listener:
+class Listener(Closing):
     """A dedicated session connection LISTENing on channels; `wait` returns payloads as soon as
     a NOTIFY arrives (milliseconds), or an empty list after `timeout` seconds."""
 
@@ -87,9 +88,3 @@ class Listener:
 
     def close(self) -> None:
         self._conn.close()
-
-    def __enter__(self) -> Listener:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()

@@ -11,9 +11,17 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from app.errors import PermanentJobError
 
@@ -35,6 +43,22 @@ KNOWN_MODELS = (
 )
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
+
+def matching(pattern: re.Pattern[str], message: str) -> AfterValidator:
+    """A text field's rule (in `Annotated[str, ...]`): `pattern` matches it, else `message`."""
+
+    def check(value: str) -> str:
+        if not pattern.match(value):
+            raise ValueError(message)
+        return value
+
+    return AfterValidator(check)
+
+
+ModelName = Annotated[
+    str, matching(_MODEL_NAME, "model must be a Demucs model name such as htdemucs or htdemucs_ft")
+]
+
 # kbps ranges accepted by the encoders
 BITRATE_RANGE = {"mp3": (32, 320), "opus": (6, 510)}
 DEFAULT_BITRATE = {"mp3": 320, "opus": 160}
@@ -43,7 +67,9 @@ DEFAULT_BITRATE = {"mp3": 320, "opus": 160}
 class JobParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    model: str | None = Field(None, description="Demucs model name; default: the fleet's model")
+    model: ModelName | None = Field(
+        None, description="Demucs model name; default: the fleet's model"
+    )
     stems: list[str] | None = Field(None, description="subset of the model's stems to output")
     two_stems: str | None = Field(
         None, description="output this stem and `no_<stem>` (all the others summed)"
@@ -54,13 +80,6 @@ class JobParams(BaseModel):
     segment: float | None = Field(None, gt=0.5, le=60, description="seconds per model segment")
     shifts: int = Field(1, ge=0, le=20, description="random shifts averaged (quality vs time)")
     overlap: float = Field(0.25, ge=0, lt=1, description="overlap between segments")
-
-    @field_validator("model")
-    @classmethod
-    def _model_name(cls, value: str | None) -> str | None:
-        if value is not None and not _MODEL_NAME.match(value):
-            raise ValueError("model must be a Demucs model name such as htdemucs or htdemucs_ft")
-        return value
 
     @field_validator("stems")
     @classmethod

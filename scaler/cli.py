@@ -11,18 +11,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from app.cli_args import duration
 from app.clock import SystemClock
-from app.settings import Settings, get_settings, parse_duration
+from app.settings import Settings, get_settings
 from scaler.model import Plan
 from scaler.policy import fmt_duration
 from scaler.reconcile import Inputs, RunOutcome, Scaler
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def register(subparsers: Any) -> None:
@@ -34,7 +28,7 @@ def register(subparsers: Any) -> None:
     once = sub.add_parser("once", help="one reconcile (cron-safe: a second concurrent run exits)")
     once.add_argument(
         "--wait",
-        type=_duration,
+        type=duration,
         default=0.0,
         metavar="DURATION",
         help="after acting, wait up to this long for machines to reach their state",
@@ -44,7 +38,7 @@ def register(subparsers: Any) -> None:
     run = sub.add_parser("run", help="reconcile in a loop")
     run.add_argument(
         "--interval",
-        type=_duration,
+        type=duration,
         default=None,
         metavar="DURATION",
         help="time between runs (default STEMFLEET_SCALER_INTERVAL, 30s)",

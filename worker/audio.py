@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import julius
 import numpy as np
@@ -333,26 +334,43 @@ def _limited(
         yield block
 
 
+class Span(TypedDict, total=False):
+    """The part of a file to decode: from `start` seconds (default 0), `duration` long (default:
+    to the end). `max_seconds` limits that part's length (default: no limit), so a preview of a
+    long file is allowed."""
+
+    max_seconds: float | None
+    start: float
+    duration: float | None
+
+
+def _span_blocks(
+    path: Path, span: Span, block_frames: int = BLOCK_FRAMES
+) -> tuple[_Source, Iterator[np.ndarray]]:
+    """`path` opened, and the blocks of its `span` as it reads them (see _span, _limited)."""
+    source = _open(path)
+    max_seconds = span.get("max_seconds")
+    start, duration = span.get("start", 0.0), span.get("duration")
+    first, read = _span(path.name, source, start, duration, max_seconds)
+    return source, _limited(source, source.blocks(first, read, block_frames), max_seconds)
+
+
 def iter_decode(
     path: Path,
     *,
     samplerate: int,
     channels: int,
-    max_seconds: float | None = None,
-    start: float = 0.0,
-    duration: float | None = None,
     block_frames: int = BLOCK_FRAMES,
+    **span: Unpack[Span],
 ) -> Iterator[torch.Tensor]:
-    """Stream `path` as float32 [channels, n] blocks at `samplerate`.
+    """Stream `span` of `path` as float32 [channels, n] blocks at `samplerate`.
 
-    The concatenated blocks equal `decode(...)` with the same arguments. `max_seconds` applies to
-    the span decoded (from `start`, `duration` long), so a preview of a long file is allowed.
+    The concatenated blocks equal `decode(...)` with the same arguments.
     """
-    source = _open(path)
-    first, read = _span(path.name, source, start, duration, max_seconds)
+    source, blocks = _span_blocks(path, span, block_frames)
     resampler = StreamResampler(source.samplerate, samplerate)
     produced = 0
-    for block in _limited(source, source.blocks(first, read, block_frames), max_seconds):
+    for block in blocks:
         wav = convert_audio_channels(torch.from_numpy(block), channels)
         out = resampler.push(wav)
         produced += out.shape[-1]
@@ -366,25 +384,14 @@ def iter_decode(
         raise PermanentJobError(f"{path.name!r} contains no audio (0 samples)", kind="empty")
 
 
-def decode(
-    path: Path,
-    *,
-    samplerate: int,
-    channels: int,
-    max_seconds: float | None = None,
-    start: float = 0.0,
-    duration: float | None = None,
-) -> torch.Tensor:
-    """Decode `path` to a float32 [channels, T] tensor at `samplerate`.
+def decode(path: Path, *, samplerate: int, channels: int, **span: Unpack[Span]) -> torch.Tensor:
+    """Decode `span` of `path` to a float32 [channels, T] tensor at `samplerate`.
 
     Raises PermanentJobError: "undecodable" (not audio, corrupt), "empty" (no samples),
     "too_long" (the decoded span is over `max_seconds`).
     """
-    source = _open(path)
-    first, read = _span(path.name, source, start, duration, max_seconds)
-    blocks = [
-        torch.from_numpy(b) for b in _limited(source, source.blocks(first, read), max_seconds)
-    ]
+    source, read = _span_blocks(path, span)
+    blocks = [torch.from_numpy(b) for b in read]
     if not blocks or sum(b.shape[-1] for b in blocks) == 0:
         raise PermanentJobError(f"{path.name!r} contains no audio (0 samples)", kind="empty")
     wav = torch.cat(blocks, dim=-1) if len(blocks) > 1 else blocks[0]

@@ -11,73 +11,110 @@ import argparse
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from app.cli_args import add_command
 from app.errors import StemfleetError
 from app.settings import Settings, load_settings, parse_duration
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+@dataclass(frozen=True)
+class Option:
+    """A `stemfleet worker` option: add_argument's `keywords`; when given, it overrides the
+    Settings field `setting` (and so that STEMFLEET_ variable)."""
+
+    flag: str
+    setting: str | None
+    keywords: dict[str, Any]
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+
+OPTIONS = (
+    Option(
         "--once",
-        action="store_true",
-        help="process one turn (at most one job; a group of up to STEMFLEET_GROUP_JOBS "
-        "on an accelerator), then exit (for cron/tests)",
-    )
-    parser.add_argument("--model", help="Demucs model name (default: STEMFLEET_MODEL)")
-    parser.add_argument(
-        "--model-repo", help="local folder of Demucs weights (default: STEMFLEET_MODEL_REPO)"
-    )
-    parser.add_argument(
+        None,
+        {
+            "action": "store_true",
+            "help": "process one turn (at most one job; a group of up to STEMFLEET_GROUP_JOBS "
+            "on an accelerator), then exit (for cron/tests)",
+        },
+    ),
+    Option("--model", "model", {"help": "Demucs model name (default: STEMFLEET_MODEL)"}),
+    Option(
+        "--model-repo",
+        "model_repo",
+        {"help": "local folder of Demucs weights (default: STEMFLEET_MODEL_REPO)"},
+    ),
+    Option(
         "--device",
-        choices=["auto", "cuda", "mps", "cpu"],
-        help="where the model runs (default: STEMFLEET_DEVICE, auto-detected)",
-    )
-    parser.add_argument(
+        "device",
+        {
+            "choices": ["auto", "cuda", "mps", "cpu"],
+            "help": "where the model runs (default: STEMFLEET_DEVICE, auto-detected)",
+        },
+    ),
+    Option(
         "--machine-id",
-        help="id registered in `workers` (default: FLY_MACHINE_ID, RUNPOD_POD_ID or host name)",
-    )
-    parser.add_argument(
+        "machine_id",
+        {
+            "help": "id registered in `workers` "
+            "(default: FLY_MACHINE_ID, RUNPOD_POD_ID or host name)",
+        },
+    ),
+    Option(
         "--idle-exit",
-        type=parse_duration,
-        metavar="DURATION",
-        help="exit 0 after this long without work, 0 = never (default: STEMFLEET_WORKER_IDLE_EXIT)",
-    )
-    parser.add_argument(
+        "worker_idle_exit",
+        {
+            "type": parse_duration,
+            "metavar": "DURATION",
+            "help": "exit 0 after this long without work, 0 = never "
+            "(default: STEMFLEET_WORKER_IDLE_EXIT)",
+        },
+    ),
+    Option(
         "--shutdown-grace",
-        type=parse_duration,
-        metavar="DURATION",
-        help="on SIGTERM, finish the running job if it ends within this; else release it",
-    )
-    parser.add_argument(
+        "shutdown_grace",
+        {
+            "type": parse_duration,
+            "metavar": "DURATION",
+            "help": "on SIGTERM, finish the running job if it ends within this; else release it",
+        },
+    ),
+    Option(
         "--no-prefetch",
-        action="store_true",
-        help="do not claim/download the next job while the model runs the current one",
-    )
+        None,
+        {
+            "action": "store_true",
+            "help": "do not claim/download the next job while the model runs the current one",
+        },
+    ),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        parser.add_argument(option.flag, **option.keywords)
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser(
+    parser = add_command(
+        subparsers,
         "worker",
-        help="run a worker: claim queued jobs and separate them with Demucs",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        __doc__,
+        "run a worker: claim queued jobs and separate them with Demucs",
     )
     add_arguments(parser)
     parser.set_defaults(handler=run_worker)
 
 
 def settings_for(args: argparse.Namespace) -> Settings:
-    overrides = {
-        "model": args.model,
-        "model_repo": args.model_repo,
-        "device": args.device,
-        "machine_id": args.machine_id,
-        "worker_idle_exit": args.idle_exit,
-        "shutdown_grace": args.shutdown_grace,
-    }
+    overrides = {option.setting: getattr(args, option.dest) for option in OPTIONS if option.setting}
     return load_settings(**{k: v for k, v in overrides.items() if v is not None})
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,23 +68,17 @@ class HeldJob:
         return elapsed * (1.0 - self.progress) / self.progress
 
 
+@dataclass(eq=False)
 class LeaseKeeper:
-    def __init__(
-        self,
-        queue: Queue,
-        pool: ConnectionPool[Connection],
-        clock: Clock,
-        *,
-        lease: float,
-        interval: float,
-        log: Any,
-    ) -> None:
-        self._queue = queue
-        self._pool = pool
-        self._clock = clock
-        self._lease = lease
-        self._interval = interval
-        self._log = log
+    queue: Queue
+    pool: ConnectionPool[Connection]
+    clock: Clock
+    _: KW_ONLY
+    lease: float
+    interval: float
+    log: Any
+
+    def __post_init__(self) -> None:
         self._held: list[HeldJob] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -101,7 +95,7 @@ class LeaseKeeper:
 
     # --- called from other threads -------------------------------------------------------------
     def hold(self, job: Job, workdir: Path) -> HeldJob:
-        now = self._clock.monotonic()
+        now = self.clock.monotonic()
         held = HeldJob(job=job, claimed_at=now, workdir=workdir, extended_at=now)
         with self._lock:
             self._held.append(held)
@@ -114,7 +108,7 @@ class LeaseKeeper:
     def report(self, held: HeldJob, progress: float) -> None:
         held.progress = min(max(progress, 0.0), 1.0)
         held.progress_pending = True
-        if self._clock.monotonic() - held.written_at >= PROGRESS_WRITE_INTERVAL:
+        if self.clock.monotonic() - held.written_at >= PROGRESS_WRITE_INTERVAL:
             self._wake.set()
 
     def forget(self, held: HeldJob) -> None:
@@ -127,23 +121,23 @@ class LeaseKeeper:
 
     # --- the thread ----------------------------------------------------------------------------
     def _due(self, held: HeldJob, now: float) -> bool:
-        if now - held.extended_at >= self._interval:
+        if now - held.extended_at >= self.interval:
             return True
         return held.progress_pending and now - held.written_at >= PROGRESS_WRITE_INTERVAL
 
     def _run(self) -> None:
         while not self._closed.is_set():
-            now = self._clock.monotonic()
+            now = self.clock.monotonic()
             for held in self.held():
                 if self._due(held, now):
                     self._beat(held, now)
-            self._wake.wait(self._nap(self._clock.monotonic()))
+            self._wake.wait(self._nap(self.clock.monotonic()))
             self._wake.clear()
 
     def _nap(self, now: float) -> float:
         nap = MAX_NAP
         for held in self.held():
-            nap = min(nap, max(held.extended_at + self._interval - now, 0.0))
+            nap = min(nap, max(held.extended_at + self.interval - now, 0.0))
             if held.progress_pending:
                 nap = min(nap, max(held.written_at + PROGRESS_WRITE_INTERVAL - now, 0.0))
         return max(nap, 0.01)
@@ -155,26 +149,26 @@ class LeaseKeeper:
             progress = held.progress if held.progress_pending else None
             held.progress_pending = False
             try:
-                with self._pool.connection() as conn:
-                    status = self._queue.heartbeat(
-                        conn, held.job, progress=progress, lease=self._lease
+                with self.pool.connection() as conn:
+                    status = self.queue.heartbeat(
+                        conn, held.job, progress=progress, lease=self.lease
                     )
             except (LeaseLost, JobNotFound) as exc:  # JobNotFound: the row was deleted
-                self._log.warning("lease_lost", job_id=str(held.id), reason=str(exc))
+                self.log.warning("lease_lost", job_id=str(held.id), reason=str(exc))
                 held.lost.set()
                 held.forgotten = True
                 return
             except (psycopg.Error, PoolTimeout, QueueError) as exc:
                 # The lease still runs for a while: try again in a second.
-                self._log.warning("heartbeat_failed", job_id=str(held.id), error=str(exc))
+                self.log.warning("heartbeat_failed", job_id=str(held.id), error=str(exc))
                 held.progress_pending = held.progress_pending or progress is not None
-                held.extended_at = now - max(self._interval - 1.0, 0.0)
+                held.extended_at = now - max(self.interval - 1.0, 0.0)
                 return
             held.extended_at = now
             if progress is not None:
                 held.written_at = now
             if status == "cancelled":
-                self._log.info("job_cancelled_seen", job_id=str(held.id))
+                self.log.info("job_cancelled_seen", job_id=str(held.id))
                 held.cancelled.set()
                 held.forgotten = True
         if held.forgotten:

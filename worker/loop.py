@@ -34,7 +34,7 @@ from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypedDict, Unpack
 from uuid import UUID
 
 import psycopg
@@ -79,28 +79,29 @@ class _Parts:
     watcher: QueueWatcher
 
 
+class WorkerParts(TypedDict, total=False):
+    """What a Worker may be handed instead of making it from its settings (tests, benchmarks)."""
+
+    separator: Separator | None  # default: made by start()
+    storage: Storage | None  # default: the STEMFLEET_S3_* bucket
+    clock: Clock | None  # default: the system's
+    identity: WorkerIdentity | None  # default: detected (machine id, provider, GPU)
+    prefetch: bool  # claim and download the next job while the model runs (default True)
+    work_dir: Path | None  # where job folders go (default: the system's temporary folder)
+
+
 class Worker:
     """One worker process's engine. Use as a context manager, or call start() then close()."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        separator: Separator | None = None,
-        storage: Storage | None = None,
-        clock: Clock | None = None,
-        identity: WorkerIdentity | None = None,
-        prefetch: bool = True,
-        work_dir: Path | None = None,
-    ) -> None:
+    def __init__(self, settings: Settings, **parts: Unpack[WorkerParts]) -> None:
         self.settings = settings
-        self.clock: Clock = clock or SystemClock()
+        self.clock: Clock = parts.get("clock") or SystemClock()
         self.queue = Queue(self.clock)
-        self.storage: Storage = storage or storage_from_settings(settings)
-        self.separator = separator
-        self.identity = identity or detect_identity(settings)
-        self.prefetch = prefetch
-        self.work_dir = work_dir
+        self.storage: Storage = parts.get("storage") or storage_from_settings(settings)
+        self.separator = parts.get("separator")
+        self.identity = parts.get("identity") or detect_identity(settings)
+        self.prefetch = parts.get("prefetch", True)
+        self.work_dir = parts.get("work_dir")
         self.worker_id: UUID | None = None
         self.stats: Counter[str] = Counter()
         self.recent: deque[Outcome] = deque(maxlen=100)

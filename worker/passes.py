@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -27,21 +28,24 @@ from worker.engines import Forward, autocast
 from worker.models import LoadedModel
 
 
-def run_streams(
-    loaded: LoadedModel,
-    streams: list[Stream],
-    *,
-    device: str,
-    precision: str,
-    batch_size: int,
-    lanes: int = 1,
-) -> list[StreamResult]:
-    """Separate `streams` with `loaded` on `device`, `batch_size` segments per pass at most
-    (see `run_shared`), a pass's segments run in `lanes` threads at once on CPU; one run at a
-    time per model."""
+@dataclass(frozen=True)
+class PassPlan:
+    """How the forward passes of a run go: on `device` at `precision`, `batch_size` segments
+    per pass at most (see `run_shared`), a pass's segments in `lanes` threads at once on CPU."""
+
+    device: str
+    precision: str
+    batch_size: int
+    lanes: int = 1
+
+
+def run_streams(loaded: LoadedModel, streams: list[Stream], plan: PassPlan) -> list[StreamResult]:
+    """Separate `streams` with `loaded` as `plan` says; one run at a time per model."""
+    device = plan.device
     engines = [Engine(loaded, stream, device) for stream in streams]
-    with loaded.lock, _lane_pool(lanes if device == "cpu" else 1) as pool:
-        run_shared(engines, ModelRunner(loaded.forwards, device, precision, batch_size, pool))
+    with loaded.lock, _lane_pool(plan.lanes if device == "cpu" else 1) as pool:
+        runner = ModelRunner(loaded.forwards, device, plan.precision, plan.batch_size, pool)
+        run_shared(engines, runner)
     return [engine.result for engine in engines]
 
 
@@ -60,24 +64,17 @@ def _lane_pool(lanes: int) -> Iterator[ThreadPoolExecutor | None]:
         yield pool
 
 
+@dataclass(eq=False)
 class ModelRunner:
     """Forward passes of one model on one device, each member run by its prepared forward
     (worker/engines): autocast, and on CUDA out-of-memory the batch halves (for the rest of the
     run) instead of failing."""
 
-    def __init__(
-        self,
-        forwards: list[Forward],
-        device: str,
-        precision: str,
-        batch_size: int,
-        lanes: ThreadPoolExecutor | None = None,
-    ) -> None:
-        self.forwards = forwards
-        self.device = device
-        self.precision = precision
-        self.batch_size = batch_size
-        self.lanes = lanes
+    forwards: list[Forward]
+    device: str
+    precision: str
+    batch_size: int
+    lanes: ThreadPoolExecutor | None = None
 
     def __call__(self, member: int, inputs: torch.Tensor) -> torch.Tensor:
         if self.lanes is not None:

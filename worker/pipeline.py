@@ -25,7 +25,7 @@ import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -124,6 +124,17 @@ def _file_reader(handle: BinaryIO, channels: int, length: int) -> MixReader:
     return read
 
 
+class FileOptions(TypedDict, total=False):
+    """How `separate_file` runs a file: `preview_seconds`, only its first N seconds;
+    `max_seconds`, the longest audio accepted (it applies to what is separated, so a preview of
+    a long file passes); `progress` and `should_stop`, called as the model runs."""
+
+    preview_seconds: float | None
+    max_seconds: float | None
+    progress: ProgressFn | None
+    should_stop: StopFn | None
+
+
 @dataclass
 class FileJob:
     """One input to separate and its options (the arguments of `separate_file`)."""
@@ -143,20 +154,17 @@ def separate_file(
     out_dir: Path,
     params: JobParams,
     *,
-    preview_seconds: float | None = None,
-    max_seconds: float | None = None,
-    progress: ProgressFn | None = None,
-    should_stop: StopFn | None = None,
     stream_over_seconds: float = IN_MEMORY_SECONDS,
+    **options: Unpack[FileOptions],
 ) -> SeparationResult:
-    """Separate `input_path` into `out_dir/{stem}.{ext}` for the stems `params` asks for.
+    """Separate `input_path` into `out_dir/{stem}.{ext}` for the stems `params` asks for, as
+    `options` say (FileOptions).
 
-    `preview_seconds`: only the first N seconds. `max_seconds`: longest audio accepted (applies
-    to what is separated, so a preview of a long file passes). Raises PermanentJobError
-    (undecodable / empty / too_long / invalid_params) and JobCancelled. Audio longer than
-    `stream_over_seconds` streams through a temporary file in `out_dir` (see the module doc).
+    Raises PermanentJobError (undecodable / empty / too_long / invalid_params) and JobCancelled.
+    Audio longer than `stream_over_seconds` streams through a temporary file in `out_dir` (see
+    the module doc).
     """
-    job = FileJob(input_path, out_dir, params, preview_seconds, max_seconds, progress, should_stop)
+    job = FileJob(input_path, out_dir, params, **options)
     loaded = separator.model_for(params.model)
     seconds = _check(separator, loaded, job)
     plan = output_plan(loaded.sources, params)

@@ -22,7 +22,7 @@ from app.settings import Settings
 from worker.engine import ProgressFn, StopFn, Stream, StreamResult, normalisation, tensor_reader
 from worker.engines.choice import cpu_lanes, resolve
 from worker.models import LoadedModel, ModelFailures, load_onto, pick_device
-from worker.passes import run_streams
+from worker.passes import PassPlan, run_streams
 
 # On CPU a batch of several segments is slower than one at a time (bench/results/separation.md:
 # htdemucs forward passes took 36-79 % longer at batch 4 on 2 cores): cores are already busy
@@ -203,11 +203,6 @@ class Separator:
         for stream in streams:
             self.check_params(loaded, stream.params)
         longest = max(s.params.segment or float(loaded.members[0].segment) for s in streams)
-        return run_streams(
-            loaded,
-            streams,
-            device=self.device,
-            precision=self.precision,
-            batch_size=self.batch_size_for(loaded, int(longest * loaded.samplerate)),
-            lanes=self.lanes,
-        )
+        batch_size = self.batch_size_for(loaded, int(longest * loaded.samplerate))
+        plan = PassPlan(self.device, self.precision, batch_size, self.lanes)
+        return run_streams(loaded, streams, plan)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from uuid import UUID
 
 import psycopg
@@ -90,23 +90,17 @@ class Subscription:
         self.broadcaster.unsubscribe(self)
 
 
+@dataclass(eq=False)
 class JobEventBroadcaster:
-    def __init__(
-        self,
-        database_url: str,
-        read_states: ReadStates,
-        *,
-        max_streams_per_user: int,
-        connect_timeout: float = 10.0,
-        sleep: AsyncSleep = asyncio.sleep,
-        health_check_interval: float = HEALTH_CHECK_INTERVAL,
-    ) -> None:
-        self.database_url = database_url
-        self.read_states = read_states
-        self.max_streams_per_user = max_streams_per_user
-        self.connect_timeout = connect_timeout
-        self.sleep = sleep
-        self.health_check_interval = health_check_interval
+    database_url: str
+    read_states: ReadStates
+    _: KW_ONLY
+    max_streams_per_user: int
+    connect_timeout: float = 10.0
+    sleep: AsyncSleep = asyncio.sleep
+    health_check_interval: float = HEALTH_CHECK_INTERVAL
+
+    def __post_init__(self) -> None:
         self.log = get_logger()
         self._by_job: dict[UUID, set[Subscription]] = {}
         self._per_user: dict[UUID, int] = {}

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 import psycopg
@@ -30,22 +31,19 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+@dataclass(eq=False, repr=False)  # repr: Exception's, of the message
 class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        code: str,
-        message: str,
-        *,
-        headers: dict[str, str] | None = None,
-        details: Any = None,
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-        self.headers = headers
-        self.details = details
+    """An answer other than success, raised anywhere below an endpoint: `error_response` of it."""
+
+    status: int
+    code: str
+    message: str
+    _: KW_ONLY
+    headers: dict[str, str] | None = None
+    details: Any = None
+
+    def __post_init__(self) -> None:
+        super().__init__(self.message)
 
 
 class DatabaseUnavailable(Exception):

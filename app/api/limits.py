@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from app.api.errors import ApiError, error_response
 from app.api.intake import too_large
+from app.api.middleware import HttpMiddleware
 from app.settings import Settings
 
 MULTIPART_OVERHEAD = 256 * 1024  # form fields and boundaries around an uploaded file
@@ -78,15 +80,11 @@ def max_upload_bytes(settings: Settings) -> int:
     return int(settings.max_upload_mb * 1024 * 1024)
 
 
-class BodyLimits:
-    def __init__(self, app: ASGIApp, settings: Settings) -> None:
-        self.app = app
-        self.settings = settings
+@dataclass(eq=False)
+class BodyLimits(HttpMiddleware):
+    settings: Settings
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = Headers(scope=scope)
         media = headers.get("content-type", "").split(";")[0].strip().lower()
         is_json = media == "application/json" or media.endswith("+json")

@@ -4,18 +4,17 @@ gauges read from the admin views at scrape time."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import Message, Receive, Scope, Send
 
 from app.api.context import ApiContext
+from app.api.middleware import HttpMiddleware
 from app.log import get_logger
-
-Scope = dict[str, Any]
-ASGIApp = Callable[..., Any]
 
 
 class QueueCollector(Collector):
@@ -92,20 +91,16 @@ class ApiMetrics:
         self.registry.register(QueueCollector(ctx))
 
 
-class LatencyMiddleware:
-    """Pure ASGI (streams stay streams): observes the time to the response headers."""
+@dataclass(eq=False)
+class LatencyMiddleware(HttpMiddleware):
+    """Observes the time to the response headers."""
 
-    def __init__(self, app: ASGIApp, histogram: Histogram) -> None:
-        self.app = app
-        self.histogram = histogram
+    histogram: Histogram
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
 
-        async def send_timed(message: dict[str, Any]) -> None:
+        async def send_timed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 route = scope.get("route")
                 template = getattr(route, "path", None) or "unmatched"

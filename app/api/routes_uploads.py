@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
 from fastapi import APIRouter
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field
 
 from app.api.deps import Ctx, User, errors
 from app.api.errors import ApiError
 from app.api.intake import too_large
+from app.params import matching
 from app.storage import input_key
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"])
 
 _CONTENT_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9!#$&^_.+-]{1,64}$")
+ContentType = Annotated[str, matching(_CONTENT_TYPE, "content_type must look like audio/mpeg")]
 
 
 class UploadRequest(BaseModel):
     filename: str = Field(min_length=1, max_length=255, description="the file's name (kept)")
-    content_type: str | None = Field(
+    content_type: ContentType | None = Field(
         None, description="if given, the PUT must send this Content-Type header"
     )
     size: int | None = Field(None, ge=0, description="bytes; checked against the upload limit")
-
-    @field_validator("content_type")
-    @classmethod
-    def _content_type(cls, value: str | None) -> str | None:
-        if value is not None and not _CONTENT_TYPE.match(value):
-            raise ValueError("content_type must look like audio/mpeg")
-        return value
 
 
 class UploadTicket(BaseModel):

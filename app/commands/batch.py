@@ -13,7 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 
 from app.client import ApiClient, ApiClientError, JobDict
@@ -61,26 +61,20 @@ def output_folders(paths: list[Path], out: Path) -> list[Path]:
     return folders
 
 
+@dataclass(eq=False)
 class Batch:
-    def __init__(
-        self,
-        client: ApiClient,
-        params: JobParams,
-        board: ProgressBoard,
-        *,
-        kind: str = "separate",
-        concurrency: int = DEFAULT_CONCURRENCY,
-        on_success: OnSuccess | None = None,
-        health: HealthCheck | None = None,
-    ) -> None:
-        self.client = client
-        self.params = params
-        self.board = board
-        self.kind = kind
-        self.on_success = on_success
-        self.health = health
+    client: ApiClient
+    params: JobParams
+    board: ProgressBoard
+    _: KW_ONLY
+    kind: str = "separate"
+    concurrency: int = DEFAULT_CONCURRENCY
+    on_success: OnSuccess | None = None
+    health: HealthCheck | None = None
+
+    def __post_init__(self) -> None:
         self._fatal: str | None = None
-        self._slots = threading.Semaphore(max(1, concurrency))
+        self._slots = threading.Semaphore(max(1, self.concurrency))
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._submitted: dict[str, str] = {}  # item name -> job id, until the job is final

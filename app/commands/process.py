@@ -29,9 +29,11 @@ import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.cli_args import add_command
 from app.client import ApiClient, JobDict
 from app.commands.batch import Batch, Item, ItemResult, output_folders
 from app.commands.common import (
@@ -53,11 +55,8 @@ from app.settings import Settings, reveal
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "process",
-        help="separate the new files of a folder profile (see stemfleet.yaml)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "process", __doc__, "separate the new files of a folder profile (see stemfleet.yaml)"
     )
     parser.add_argument("profile", metavar="PROFILE", help="a profile name from the config")
     parser.add_argument(
@@ -115,25 +114,17 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+@dataclass(kw_only=True, eq=False)
 class Session:
     """Where a profile runs. For a local profile with no `stemfleet up` running, only the
     embedded database starts at first (enough to know what is new); the API, scaler and a
     worker start once there is something to process."""
 
-    def __init__(
-        self,
-        *,
-        where: str,
-        client: ApiClient | None = None,
-        database_url: str | None = None,
-        system: EmbeddedSystem | None = None,
-        default_model: str | None = None,
-    ) -> None:
-        self.where = where
-        self.client = client
-        self.database_url = database_url
-        self.system = system
-        self.default_model = default_model
+    where: str
+    client: ApiClient | None = None
+    database_url: str | None = None
+    system: EmbeddedSystem | None = None
+    default_model: str | None = None
 
     def target(self) -> Target:
         if self.client is None:

@@ -11,9 +11,11 @@ import os
 import shutil
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.cli_args import add_command
 from app.commands.batch import Batch, Item, ItemResult, output_folders
 from app.commands.common import (
     MODEL_HINT,
@@ -74,11 +76,8 @@ def params_from(args: argparse.Namespace) -> JobParams:
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "separate",
-        help="split audio files into stems (vocals, drums, bass, other)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "separate", __doc__, "split audio files into stems (vocals, drums, bass, other)"
     )
     parser.add_argument("files", nargs="+", type=Path, metavar="FILE", help="audio files")
     parser.add_argument(
@@ -146,10 +145,8 @@ def run(args: argparse.Namespace) -> int:
     for name, result in results.items():
         board.update(name, "failed", note=result.reason)
     if todo:
-        if args.local:
-            finished = separate_locally(settings, todo, params, kind, board)
-        else:
-            finished = _separate_queued(args, settings, todo, params, kind, board)
+        order = Order(settings, todo, params, kind, board)
+        finished = separate_locally(order) if args.local else _separate_queued(args, order)
         results.update({r.item.name: r for r in finished})
     board.close()
     return report([results[item.name] for item in items], args.out)
@@ -164,15 +161,21 @@ def _unique_names(items: list[Item]) -> list[Item]:
     ]
 
 
-def _separate_queued(
-    args: argparse.Namespace,
-    settings: Settings,
-    items: list[Item],
-    params: JobParams,
-    kind: str,
-    board: ProgressBoard,
-) -> list[ItemResult]:
-    with open_target(args, settings, start=True, worker_model=params.model) as target:
+@dataclass(frozen=True)
+class Order:
+    """The readable files a `stemfleet separate` still has to do, and how: through the queue
+    (`_separate_queued`) or in this process (`separate_locally`)."""
+
+    settings: Settings
+    items: list[Item]
+    params: JobParams
+    kind: str  # "separate" or "preview"
+    board: ProgressBoard
+
+
+def _separate_queued(args: argparse.Namespace, order: Order) -> list[ItemResult]:
+    params = order.params
+    with open_target(args, order.settings, start=True, worker_model=params.model) as target:
         system = target.system
 
         def health() -> str | None:
@@ -182,20 +185,14 @@ def _separate_queued(
         batch = Batch(
             target.client,
             target.complete(params),
-            board,
-            kind=kind,
+            order.board,
+            kind=order.kind,
             health=health if system else None,
         )
-        return batch.run(items)
+        return batch.run(order.items)
 
 
-def separate_locally(
-    settings: Settings,
-    items: list[Item],
-    params: JobParams,
-    kind: str,
-    board: ProgressBoard,
-) -> list[ItemResult]:
+def separate_locally(order: Order) -> list[ItemResult]:
     """One file after the other in this process, through worker.pipeline.separate_file: the
     very code a worker runs for a job, minus the queue and the storage."""
     try:
@@ -211,22 +208,23 @@ def separate_locally(
             "./scripts/install.sh), or drop --local to use a server"
         ) from None
 
+    settings, params = order.settings, order.params
     if params.model and params.model != settings.model:
         settings = settings.model_copy(update={"model": params.model})
-    for item in items:
-        board.update(item.name, "loading model")
+    for item in order.items:
+        order.board.update(item.name, "loading model")
     try:
         separator = Separator(settings)
     except JobError as exc:
         hint = f" {MODEL_HINT}" if exc.kind == "model_unavailable" else ""
-        return [ItemResult(item, False, f"{exc}{hint}") for item in items]
-    preview = settings.preview_seconds if kind == "preview" else None
+        return [ItemResult(item, False, f"{exc}{hint}") for item in order.items]
+    preview = settings.preview_seconds if order.kind == "preview" else None
     results = []
-    for item in items:
-        board.update(item.name, "running", 0.0)
+    for item in order.items:
+        order.board.update(item.name, "running", 0.0)
 
         def progress(fraction: float, name: str = item.name) -> None:
-            board.update(name, "running", fraction)
+            order.board.update(name, "running", fraction)
 
         with tempfile.TemporaryDirectory(prefix="stemfleet-local-") as tmp:
             try:
@@ -242,7 +240,7 @@ def separate_locally(
                 )
             except JobError as exc:
                 results.append(ItemResult(item, False, str(exc)))
-                board.update(item.name, "failed", note=str(exc))
+                order.board.update(item.name, "failed", note=str(exc))
                 continue
             item.dest.mkdir(parents=True, exist_ok=True)
             stems = {}
@@ -250,6 +248,6 @@ def separate_locally(
                 target = item.dest / f"{stem}{path.suffix}"
                 shutil.move(os.fspath(path), target)
                 stems[stem] = target
-        board.update(item.name, "done", 1.0, note=f"{len(stems)} stems in {item.dest}")
+        order.board.update(item.name, "done", 1.0, note=f"{len(stems)} stems in {item.dest}")
         results.append(ItemResult(item, True, stems=stems))
     return results

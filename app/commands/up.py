@@ -15,32 +15,23 @@ from collections.abc import Iterator
 from typing import Any
 
 from app.api.webhooks import webhook_secret_path
+from app.cli_args import add_command, duration
 from app.commands.common import command_settings, terminate_as_interrupt
 from app.embedded import EmbeddedSystem, read_state
 from app.errors import ConfigError
-from app.settings import Settings, parse_duration
-
-
-def _duration(text: str) -> float:
-    try:
-        return parse_duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+from app.settings import Settings
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser(
-        "up",
-        help="run everything locally (Postgres, API, scaler, workers) until Ctrl-C",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = add_command(
+        sub, "up", __doc__, "run everything locally (Postgres, API, scaler, workers) until Ctrl-C"
     )
     parser.add_argument(
         "--port", type=int, help="the API's port on 127.0.0.1 (default: STEMFLEET_API_PORT, 8000)"
     )
     parser.add_argument(
         "--scaler-interval",
-        type=_duration,
+        type=duration,
         default=2.0,
         metavar="DURATION",
         help="how often the scaler looks at the queue (default 2s)",

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from dataclasses import KW_ONLY, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
@@ -34,39 +35,32 @@ SWEEP_MARGIN = 10.0  # beyond STEMFLEET_SHUTDOWN_GRACE, which a worker may use t
 _WORKER_ERROR = re.compile(r"^stemfleet(?: worker)?: error: (.+)$", re.MULTILINE)
 
 
+@dataclass(eq=False)
 class EmbeddedSystem(StartStop):
     """Postgres + migrations + API + scaler (local workers). Use as a context manager.
 
-    `port`: the API's port; 0 picks a free one (for `stemfleet separate`).
+    `port`: the API's port; None is STEMFLEET_API_PORT, 0 picks a free one (for `stemfleet
+    separate`); `api_port` is the one it listens on.
     `output`: where the children's logs go: None = our own stdout/stderr, else this file
     (rewritten on every start). `with_scaler`: False for commands that only read jobs.
     `worker_model`: the model workers load at boot. `warm_worker`: start one worker at once
     rather than when the first job is queued (for a command that is about to submit).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        port: int | None = None,
-        scaler_interval: float = 1.0,
-        output: Path | None = None,
-        write_state: bool = False,
-        with_scaler: bool = True,
-        worker_model: str | None = None,
-        warm_worker: bool = False,
-        say: Say = print,
-    ) -> None:
-        self.settings = settings
-        self.port = settings.api_port if port is None else port
-        self.scaler_interval = scaler_interval
-        self.output = output
-        self.write_state = write_state
-        self.with_scaler = with_scaler
-        self.worker_model = worker_model
-        self.warm_worker = warm_worker
+    settings: Settings
+    _: KW_ONLY
+    port: int | None = None
+    scaler_interval: float = 1.0
+    output: Path | None = None
+    write_state: bool = False
+    with_scaler: bool = True
+    worker_model: str | None = None
+    warm_worker: bool = False
+    say: Say = print
+
+    def __post_init__(self) -> None:
+        self.api_port = self.settings.api_port if self.port is None else self.port
         self._log_offsets: dict[Path, int] = {}
-        self.say = say
         self.postgres: EmbeddedPostgres | None = None
         self.database_url = ""
         self.api_url = ""
@@ -87,9 +81,9 @@ class EmbeddedSystem(StartStop):
 
         if self.database_url:
             return self.database_url
-        if self.port and port_in_use(self.port, self.settings.api_host):
+        if self.api_port and port_in_use(self.api_port, self.settings.api_host):
             raise EmbeddedError(
-                f"port {self.port} on {self.settings.api_host} is already in use (another "
+                f"port {self.api_port} on {self.settings.api_host} is already in use (another "
                 "`stemfleet up`?): stop what listens there, or choose another port with "
                 "--port or STEMFLEET_API_PORT"
             )
@@ -109,9 +103,9 @@ class EmbeddedSystem(StartStop):
         self.start_database()
         self.token = ensure_dev_token(self.settings)
         self._subreaper = become_subreaper()
-        if self.port == 0:
-            self.port = free_port()
-        self.api_url = f"http://{self.settings.api_host}:{self.port}"
+        if self.api_port == 0:
+            self.api_port = free_port()
+        self.api_url = f"http://{self.settings.api_host}:{self.api_port}"
         env = self.child_env()
         self._log_offsets = self._worker_logs()
         self._spawn("api", stemfleet_command("api"), env)
@@ -147,7 +141,7 @@ class EmbeddedSystem(StartStop):
                 "STEMFLEET_DATABASE_URL": self.database_url,
                 "STEMFLEET_DATA_DIR": str(self.settings.data_dir.resolve()),
                 "STEMFLEET_API_HOST": self.settings.api_host,
-                "STEMFLEET_API_PORT": str(self.port),
+                "STEMFLEET_API_PORT": str(self.api_port),
                 "STEMFLEET_DEV_AUTH": "true",
                 "STEMFLEET_DEV_TOKEN": self.token,
                 "STEMFLEET_PROVIDER": "local",

@@ -57,12 +57,8 @@ class WorkerQueries(SqlCaller):
         gpu: str | None = None,
         region: str | None = None,
     ) -> Worker:
-        return self._made(
-            conn,
-            WORKER,
-            Q_REGISTER_WORKER,
-            {"machine_id": machine_id, "provider": provider, "gpu": gpu, "region": region},
-        )
+        args = {"machine_id": machine_id, "provider": provider, "gpu": gpu, "region": region}
+        return self._made(conn, WORKER, Q_REGISTER_WORKER, args)
 
     def worker_heartbeat(self, conn: Connection, worker_id: UUID) -> Worker:
         return self._made(conn, WORKER, Q_WORKER_HEARTBEAT, {"worker_id": worker_id})
