@@ -224,7 +224,7 @@ class JobsRun:
 
 
 # WorkerBench's fields that are the worker's settings of the same name
-WORKER_KNOBS = ("threads", "device", "precision", "batch_size", "group_jobs")
+WORKER_KNOBS = ("threads", "device", "precision", "batch_size", "group_jobs", "engine")
 
 
 @dataclass
@@ -238,6 +238,9 @@ class WorkerBench:
     precision: str = "fp32"
     batch_size: int = 0
     group_jobs: int = 0
+    # the forward timer hooks the members' PyTorch forward, which only eager runs (onnx and
+    # compiled run the network outside it): the overhead is the worker's around any engine
+    engine: str = "eager"
     settings: Settings | None = None
     separator: Separator | None = None
     worker: Worker | None = None

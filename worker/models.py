@@ -126,26 +126,30 @@ class LoadedModel:
         return min(limits) if limits else float("inf")
 
 
-def load_onto(
-    name: str,
-    repo: Path | None,
-    device: str,
-    *,
-    precision: str,
-    engine: str = "eager",
-    cache_dir: Path | None = None,
-    call_threads: int | None = None,
-) -> LoadedModel:
-    """`load_model`, moved to `device`, each member prepared by `engine` (a STEMFLEET_ENGINE
-    value; `auto` becomes the device's engine where it can run this model, see
-    worker/engines/choice.py; `cache_dir` holds the engine's artefacts) under the intra-op
-    thread count its forward passes run with (`call_threads`; None: the caller's)."""
+@dataclass(frozen=True)
+class RunOptions:
+    """How a loaded model's forward passes run: on `device` in `precision`, by `engine` (a
+    STEMFLEET_ENGINE value; `auto` becomes the device's engine where it can run the model, see
+    worker/engines/choice.py) whose artefacts `cache_dir` holds, on `call_threads` intra-op
+    threads per call (a CPU lane's one; None: the preparing thread's count)."""
+
+    device: str
+    precision: str
+    engine: str = "eager"
+    cache_dir: Path | None = None
+    call_threads: int | None = None
+
+
+def load_onto(name: str, repo: Path | None, run: RunOptions) -> LoadedModel:
+    """`load_model`, moved to the device, each member prepared by the engine under the thread
+    count its forward passes run with (Dynamo specialises a compiled graph to it)."""
     started = time.perf_counter()
+    device, precision, cache_dir = run.device, run.precision, run.cache_dir
     model = load_model(name, repo)
     model.to(device)
-    engine = choose(engine, device, precision, model)
+    engine = choose(run.engine, device, precision, model)
     members = list(model.models) if isinstance(model, BagOfModels) else [model]
-    with torch_threads(call_threads):
+    with torch_threads(run.call_threads):
         forwards = [
             prepare(engine, member, device=device, precision=precision, cache_dir=cache_dir)
             for member in members

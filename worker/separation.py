@@ -21,7 +21,7 @@ from app.params import JobParams
 from app.settings import Settings
 from worker.engine import ProgressFn, StopFn, Stream, StreamResult, normalisation, tensor_reader
 from worker.engines.choice import cpu_lanes, resolve
-from worker.models import LoadedModel, ModelFailures, load_onto, pick_device
+from worker.models import LoadedModel, ModelFailures, RunOptions, load_onto, pick_device
 from worker.passes import PassPlan, run_streams
 
 # On CPU a batch of several segments is slower than one at a time (bench/results/separation.md:
@@ -53,6 +53,13 @@ class Separator:
             self.precision = "fp32"
         resolve(settings.engine, self.device)  # an unknown engine fails before any load
         self.lanes = cpu_lanes(settings.cpu_lanes) if self.device == "cpu" else 1
+        self.run_options = RunOptions(
+            self.device,
+            self.precision,
+            engine=settings.engine,
+            cache_dir=settings.compile_cache_dir,
+            call_threads=1 if self.lanes > 1 else None,  # a lane runs on one thread
+        )
         self.model_name = settings.model
         self._cache: OrderedDict[str, LoadedModel] = OrderedDict()
         self._batch_sizes: dict[tuple[str, int], int] = {}
@@ -64,15 +71,7 @@ class Separator:
 
     # --- models ----------------------------------------------------------------------------
     def _load(self, name: str) -> LoadedModel:
-        return load_onto(
-            name,
-            self.settings.model_repo,
-            self.device,
-            precision=self.precision,
-            engine=self.settings.engine,
-            cache_dir=self.settings.compile_cache_dir,
-            call_threads=1 if self.lanes > 1 else None,  # a lane runs on one thread
-        )
+        return load_onto(name, self.settings.model_repo, self.run_options)
 
     def model_for(self, name: str | None) -> LoadedModel:
         """The model a job asks for (None: the configured one), loading it if needed. Up to

@@ -166,14 +166,14 @@ async def create_job(
     if content_type == "application/json":
         spec = await _parse_json(request, ctx.settings)
         submitted = await run_in_threadpool(
-            submitter.submit, user, spec, key=spec.input_key, idempotency_key=idempotency_key
+            submitter.submit, user, spec, spec.input_key, idempotency_key
         )
     elif content_type == "multipart/form-data":
         form_spec, file = await _parse_form(request, ctx.settings)
         try:
             upload = Upload(file=file.file, filename=file.filename or "")
             submitted = await run_in_threadpool(
-                submitter.submit, user, form_spec, upload=upload, idempotency_key=idempotency_key
+                submitter.submit, user, form_spec, upload, idempotency_key
             )
         finally:
             await file.close()

@@ -98,15 +98,13 @@ class Submitter:
         return view.model_copy(update={"reused_from": job.id}) if reused else view
 
     def submit(
-        self,
-        user_id: UUID,
-        spec: JobSpec,
-        *,
-        upload: Upload | None = None,
-        key: str | None = None,
-        idempotency_key: str | None = None,
+        self, user_id: UUID, spec: JobSpec, source: Upload | str, idempotency_key: str | None
     ) -> Submitted:
+        """Queue the job `spec` on the input `source`: a file uploaded with the request, or the
+        input_key of an earlier upload."""
         ctx = self.ctx
+        upload = source if isinstance(source, Upload) else None
+        key = source if isinstance(source, str) else None
         request = Request(
             kind=spec.kind,
             params=self._check_job(user_id, spec, key),
@@ -120,18 +118,18 @@ class Submitter:
         if earlier is not None and upload is None:
             return self._replay(earlier, replay_key, request)
         with tempfile.TemporaryDirectory(prefix="stemfleet-api-") as tmp:
-            source = Path(tmp) / "input"
+            staged = Path(tmp) / "input"
             if upload is not None:
-                size, sha256 = copy_limited(upload.file, source, ctx.max_upload_bytes)
+                size, sha256 = copy_limited(upload.file, staged, ctx.max_upload_bytes)
                 if earlier is not None:
                     return self._replay(earlier, replay_key, request, sha256=sha256)
             self._check_callback(spec.callback_url)
             self._check_queue_limit(user_id)
             if upload is None:
                 assert key is not None
-                size = self._fetch_input(user_id, key, source)
-                sha256 = sha256_file(source)
-            found = inspect_audio(source, size, sha256, ctx.settings.max_duration)
+                size = self._fetch_input(user_id, key, staged)
+                sha256 = sha256_file(staged)
+            found = inspect_audio(staged, size, sha256, ctx.settings.max_duration)
             if ctx.settings.dedup_window > 0:
                 with ctx.user_connection(user_id) as conn:
                     duplicate = ctx.queue.find_duplicate_mine(

@@ -102,6 +102,8 @@ class _Compiled:
         # tensors from others, so a graph compiled under no_grad would compile again
         with torch.inference_mode():
             z, mag, padded = front(self.model, mix)
+            if not padded.is_inference():  # a caller's tensor passed through unpadded: Dynamo
+                padded = padded.clone()  # guards the inference flag, so always hand it one
             if self.per_segment and mix.shape[0] > 1:
                 parts = [
                     self.network(m, p) for m, p in zip(mag.split(1), padded.split(1), strict=True)
