@@ -10,8 +10,13 @@ lint: install
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
 
+# two pytest-xdist workers (each with its own Postgres, S3 endpoint and fakes on free ports), a
+# test file at a time (its module fixtures are built once), the longest files first
+# (tests/conftest.py LONGEST_FILES); PYTEST_WORKERS=0 runs in one process
+PYTEST_WORKERS ?= 2
+
 test: lint
-	.venv/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	.venv/bin/pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: install
 	./scripts/demo.sh

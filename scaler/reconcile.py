@@ -7,6 +7,7 @@ same inputs and plans without acting or writing anything (`scaler plan`).
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -134,10 +135,13 @@ class Scaler:
         *,
         database_url: str | None = None,
         clock: Clock | None = None,
+        conn: Connection | None = None,
     ) -> None:
         self.settings = settings
         self.provider = provider
         self.url = database_url or settings.require_database_url()
+        # every run on this one connection (a test replaying a day of runs); else each its own
+        self.conn = conn
         self.clock = clock or SystemClock()
         self.queue = Queue(self.clock)
         self.log = get_logger(provider=provider.name)
@@ -223,17 +227,22 @@ class Scaler:
 
     def preview(self) -> tuple[Plan, Inputs]:
         """The plan for now, from the same inputs, acting on nothing and recording nothing."""
-        with connect(self.url, application_name="stemfleet-scaler-plan") as conn:
+        with self._connect("stemfleet-scaler-plan") as conn:
             inputs = self.gather(conn, self.provider.list(), record=False)
         return self._plan(inputs), inputs
 
     def _plan(self, inputs: Inputs) -> Plan:
         return make_plan(inputs.backlog, inputs.fleet, inputs.spend, self.settings, inputs.now)
 
+    def _connect(self, application_name: str) -> AbstractContextManager[Connection]:
+        if self.conn is not None:
+            return nullcontext(self.conn)
+        return connect(self.url, application_name=application_name)
+
     # --- one run --------------------------------------------------------------------------
     def run_once(self, *, dry_run: bool = False, wait: float = 0.0) -> RunOutcome:
         started = self.clock.now()
-        with connect(self.url, application_name="stemfleet-scaler") as conn:
+        with self._connect("stemfleet-scaler") as conn:
             if not self.queue.try_scaler_lock(conn):
                 self.log.info("scaler_locked_out")
                 return RunOutcome(acted=False, message=LOCKED_MESSAGE)

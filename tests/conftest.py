@@ -28,8 +28,39 @@ from app.queue import Queue
 from tests.db_support import tx_connection
 from tests.s3_support import new_bucket_env
 
-TEMPLATE_DB = "stemfleet_template"
-TX_DB = "stemfleet_tx"
+# `make test` runs the suite in pytest-xdist workers, each with its own throwaway cluster; where
+# they share one server (STEMFLEET_TEST_DATABASE_URL), each worker's databases have their own names.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEMPLATE_DB = f"stemfleet_template{_WORKER}"
+TX_DB = f"stemfleet_tx{_WORKER}"
+
+
+# The files that take longest (a minute or so each on 2 cores), longest first. Under xdist
+# (`make test`: `--dist loadfile --no-loadscope-reorder`) a worker takes the next whole file in
+# collection order; starting these first keeps one from being left to run alone at the end.
+LONGEST_FILES = (
+    "test_scaler_runpod_day.py",
+    "test_cli_embedded.py",
+    "test_engines.py",
+    "test_bench_gpu_script.py",
+    "test_web_browser.py",
+    "test_separation.py",
+    "test_deploy_docs.py",
+    "test_scaler_properties.py",
+    "test_worker_groups.py",
+    "test_scaler_fly.py",
+    "test_worker_loop.py",
+    "test_worker_failures.py",
+    "test_worker_process.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In an xdist worker, the longest files first (a stable sort: the rest keep their order)."""
+    if not _WORKER:
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def _with_db(url: str, dbname: str) -> str:

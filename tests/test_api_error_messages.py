@@ -47,7 +47,9 @@ class FailingS3(BaseHTTPRequestHandler):
 @pytest.fixture
 def failing_s3() -> Iterator[str]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), FailingS3)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import pytest
 from psycopg.types.json import Jsonb
 
 from app.clock import FakeClock
-from app.db import Connection
+from app.db import Connection, connect
 from app.queue import Job, Queue
 from app.settings import Settings
 from scaler.providers.runpod import RunPodProvider
@@ -196,12 +197,15 @@ def replay_day(
     clock: FakeClock,
     the_settings: Settings,
     template: Path,
+    scaler_conn: Connection,
     *,
     spike: int = 10_000,
     trickle: int = 240,
 ) -> DayFigures:
     rng = random.Random(4)
-    scaler = Scaler(the_settings, runpod(fake, clock, the_settings, template), clock=clock)
+    scaler = Scaler(
+        the_settings, runpod(fake, clock, the_settings, template), clock=clock, conn=scaler_conn
+    )
     workers = Workers(conn, queue, fake)
     figures = DayFigures()
     arrivals: dict[int, int] = {}
@@ -284,10 +288,19 @@ def replay_day(
     return figures
 
 
+@pytest.fixture
+def scaler_conn(db_url: str) -> Iterator[Connection]:
+    """The scaler's own connection, held for its 1,440 runs: a run needs a connection of its
+    own, not a new one (a fresh backend for each run was most of this replay's time)."""
+    with connect(db_url, application_name="stemfleet-scaler") as connection:
+        yield connection
+
+
 def test_a_day_with_a_10000_job_spike_and_faults_keeps_every_ceiling(
     fake: FakeRunPod,
     clock: FakeClock,
     conn: Connection,
+    scaler_conn: Connection,
     db_url: str,
     queue: Queue,
     tmp_path: Path,
@@ -297,7 +310,7 @@ def test_a_day_with_a_10000_job_spike_and_faults_keeps_every_ceiling(
     template["mounts"] = {"persistent": {"size": 50, "path": "/workspace"}}
     (tmp_path / "pod.json").write_text(json.dumps(template))
     the_settings = day_settings(db_url)
-    figures = replay_day(conn, queue, fake, clock, the_settings, tmp_path / "pod.json")
+    figures = replay_day(conn, queue, fake, clock, the_settings, tmp_path / "pod.json", scaler_conn)
     print("\n" + figures.line())
     assert figures.violations == []
     assert fake.violations == []

@@ -230,7 +230,9 @@ class FakeGoTrue:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def start(self) -> None:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        ).start()
 
     def stop(self) -> None:
         self.server.shutdown()
