@@ -39,9 +39,9 @@ TX_DB = f"stemfleet_tx{_WORKER}"
 # (`make test`: `--dist loadfile --no-loadscope-reorder`) a worker takes the next whole file in
 # collection order; starting these first keeps one from being left to run alone at the end.
 LONGEST_FILES = (
+    "test_engines.py",  # its first compiled case compiles for a minute or two
     "test_scaler_runpod_day.py",
     "test_cli_embedded.py",
-    "test_engines.py",
     "test_bench_gpu_script.py",
     "test_web_browser.py",
     "test_separation.py",

@@ -21,8 +21,9 @@ from worker.engines import REGISTRY, EngineUnavailable
 #   2.4 s): the first 30 s job of a cold worker ends about 2.7 s later than eager's, against a
 #   gain of about 6.8 s on that job; a warm cache loads in about 2 s. Every member must be one
 #   the export supports (HTDemucs) and the precision fp32, else eager (see `choose`).
-#   compiled: a cold Inductor compile of even the tests' tiny HTDemucs did not finish in 15 min
-#   on 2 cores, so it is never the default here.
+#   compiled: as fast as onnx per segment (0.83x eager's CPU time in lanes, bench/results/
+#   engines.md) but a cold compile of htdemucs' network takes about 4 minutes on 2 cores, more
+#   than it gains on any job under about 50 minutes of audio, so it is never the default here.
 # cuda: not measured in this session (no GPU lent): eager until bench/gpu.sh measures the others.
 AUTO: dict[str, str] = {
     "cpu": "onnx",
