@@ -293,8 +293,7 @@ def check_duration(name: str, seconds: float, max_seconds: float | None) -> None
 
 def probe_duration(path: Path) -> float:
     """Duration in seconds, from the container's header (no full decode)."""
-    source = _open(path)
-    return source.duration
+    return _open(path).duration
 
 
 def _span(
@@ -363,10 +362,8 @@ def iter_decode(
     block_frames: int = BLOCK_FRAMES,
     **span: Unpack[Span],
 ) -> Iterator[torch.Tensor]:
-    """Stream `span` of `path` as float32 [channels, n] blocks at `samplerate`.
-
-    The concatenated blocks equal `decode(...)` with the same arguments.
-    """
+    """Stream `span` of `path` as float32 [channels, n] blocks at `samplerate`; the blocks put
+    together equal `decode(...)` with the same arguments."""
     source, blocks = _span_blocks(path, span, block_frames)
     resampler = StreamResampler(source.samplerate, samplerate)
     produced = 0
