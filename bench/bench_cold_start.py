@@ -144,12 +144,15 @@ def main() -> int:
                              f"{result['start_to_claim'] + result['job']:.1f}",
                              f"{result['cpu']:.1f}"))  # fmt: skip
     facts = {**machine_info(), "load average": load_average()}
+    described = "the tests' small random-weight HTDemucs (~0.4 M parameters)"
+    if not args.small:
+        described = model
     write_result(
         "cold_start.md",
         "# Worker cold start per engine\n\n"
         f"Run {now_utc()} with `.venv/bin/python bench/bench_cold_start.py "
         f"{'--small' if args.small else '--repo ...'} --seconds {args.seconds:g} --threads "
-        f"{args.threads} --runs {args.runs}`: model {model}, a {args.seconds:g} s clip queued "
+        f"{args.threads} --runs {args.runs}`: model {described}, a {args.seconds:g} s clip queued "
         "before the worker starts.\n\n"
         + markdown_table(
             ["engine", "start to claim, s", "first job, s", "start to done, s", "worker CPU, s"],

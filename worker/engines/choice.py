@@ -21,9 +21,10 @@ from worker.engines import REGISTRY, EngineUnavailable
 #   2.4 s): the first 30 s job of a cold worker ends about 2.7 s later than eager's, against a
 #   gain of about 6.8 s on that job; a warm cache loads in about 2 s. Every member must be one
 #   the export supports (HTDemucs) and the precision fp32, else eager (see `choose`).
-#   compiled: as fast as onnx per segment (0.83x eager's CPU time in lanes, bench/results/
-#   engines.md) but a cold compile of htdemucs' network takes about 4 minutes on 2 cores, more
-#   than it gains on any job under about 50 minutes of audio, so it is never the default here.
+#   compiled: slower than onnx in the worker (same clips, bench/results/separation_compiled.md:
+#   1.60 audio s per wall s with a warm compile cache against onnx's 1.87-1.90, eager's 1.37),
+#   and a cold compile of htdemucs' network put 97 s before the first claim (eager: 2.4 s)
+#   against a gain of about 3 s on a 30 s job: never the default here.
 # cuda: not measured in this session (no GPU lent): eager until bench/gpu.sh measures the others.
 AUTO: dict[str, str] = {
     "cpu": "onnx",
