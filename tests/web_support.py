@@ -198,8 +198,16 @@ const note = (row) => {
   const seen = (window.__seen[row.dataset.id] ||= []);
   if (seen[seen.length - 1] !== entry) seen.push(entry);
 };
-new MutationObserver(() => document.querySelectorAll("#jobs li.job").forEach(note))
-  .observe(document.getElementById("jobs"), {subtree: true, childList: true, attributes: true});
+window.__drawn = {};  // job id -> times its row was drawn while finished
+new MutationObserver((records) => {
+  for (const r of records) {
+    const row = r.target;
+    if (r.type === "childList" && row.matches("li.job") && row.dataset.status === "succeeded") {
+      window.__drawn[row.dataset.id] = (window.__drawn[row.dataset.id] || 0) + 1;
+    }
+  }
+  document.querySelectorAll("#jobs li.job").forEach(note);
+}).observe(document.getElementById("jobs"), {subtree: true, childList: true, attributes: true});
 window.__uploaded = {};
 new MutationObserver(() => document.querySelectorAll("#uploads li").forEach((row) => {
   const value = row.querySelector("progress").getAttribute("value");

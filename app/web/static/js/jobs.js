@@ -51,6 +51,8 @@ export class JobList {
     this.jobs = new Map();
     /** @type {Map<string, string>} reused-stems notes, by job id */
     this.notes = new Map();
+    /** @type {Map<string, string>} what each row shows, by job id (see upsert) */
+    this.shown = new Map();
     /** @type {Map<string, EventSource>} */
     this.streams = new Map();
     /** @type {Set<string>} jobs whose stream was refused (429, 404…): polled instead */
@@ -85,7 +87,14 @@ export class JobList {
         (other) => (this.jobs.get(other.getAttribute("data-id") || "")?.created_at || "") < job.created_at);
       this.list.insertBefore(row, older || null);
     }
-    this.render(row, job);
+    // drawn again only when what it shows changed: a repeated answer (the final event can come
+    // twice) must not replace the buttons under a user's pointer
+    const shown = JSON.stringify([job.status, job.progress, job.queue_position, job.error,
+      job.error_kind, job.timings?.run_s, Boolean(job.stems), summary(job), this.notes.get(job.id)]);
+    if (this.shown.get(job.id) !== shown) {
+      this.shown.set(job.id, shown);
+      this.render(row, job);
+    }
     this.empty.hidden = true;
     if (!FINAL.has(job.status)) this.follow(job.id);
   }
