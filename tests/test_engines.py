@@ -117,17 +117,22 @@ def test_engine_equals_demucs_apply_model(
         assert difference <= TOLERANCE[engine], (engine, name, difference)
 
 
-def test_cpu_lanes_run_one_segment_per_thread_and_equal_apply_model(model_repo: Path) -> None:
-    separator = Separator(
-        load_settings(
-            model="tiny_htdemucs",
-            model_repo=model_repo,
-            device="cpu",
-            cpu_lanes=2,
-            threads=2,
-            engine="eager",  # PyTorch's forward, which the hooks see (onnx: test_engine_onnx)
-        )
+def _lanes_separator(repo: Path, engine: str, cache: Path | None = None) -> Separator:
+    """The tiny HTDemucs on 2 threads in 2 CPU lanes (onnx's lanes: test_engine_onnx)."""
+    settings = load_settings(
+        model="tiny_htdemucs",
+        model_repo=repo,
+        device="cpu",
+        cpu_lanes=2,
+        threads=2,
+        engine=engine,
+        compile_cache=cache,
     )
+    return Separator(settings)
+
+
+def test_cpu_lanes_run_one_segment_per_thread_and_equal_apply_model(model_repo: Path) -> None:
+    separator = _lanes_separator(model_repo, "eager")  # PyTorch's forward, which hooks see
     assert separator.lanes == 2
     assert separator.batch_size_for(separator.loaded, 88200) == 2  # a pass: one per lane
     seen: list[tuple[str, int, int]] = []
@@ -159,17 +164,7 @@ def test_compiled_lanes_run_the_graph_compiled_at_start(
     compile costs minutes on CPU) and equals apply_model."""
     from torch._dynamo.utils import counters
 
-    separator = Separator(
-        load_settings(
-            model="tiny_htdemucs",
-            model_repo=model_repo,
-            device="cpu",
-            cpu_lanes=2,
-            threads=2,
-            engine="compiled",
-            compile_cache=compile_cache,
-        )
-    )
+    separator = _lanes_separator(model_repo, "compiled", compile_cache)
     assert separator.lanes == 2
     wav = torch.from_numpy(tone(4.3))
     params = JobParams(shifts=0)
@@ -187,16 +182,7 @@ def test_cpu_lanes_leave_the_callers_thread_count_as_they_found_it(model_repo: P
     """torch.set_num_threads(1) in a lane also lowers the process-wide count that a thread
     which has not run a parallel op yet reads (the worker's model stage is such a thread): the
     lanes put it back, so decoding, encoding and a later one-lane model keep their threads."""
-    separator = Separator(
-        load_settings(
-            model="tiny_htdemucs",
-            model_repo=model_repo,
-            device="cpu",
-            cpu_lanes=2,
-            threads=2,
-            engine="eager",  # PyTorch's forward, which the hooks see (onnx: test_engine_onnx)
-        )
-    )
+    separator = _lanes_separator(model_repo, "eager")  # PyTorch's forward, which hooks see
     after: list[int] = []
 
     def stage() -> None:
