@@ -51,8 +51,6 @@ export class JobList {
     this.jobs = new Map();
     /** @type {Map<string, string>} reused-stems notes, by job id */
     this.notes = new Map();
-    /** @type {Map<string, string>} what each row shows, by job id (see upsert) */
-    this.shown = new Map();
     /** @type {Map<string, EventSource>} */
     this.streams = new Map();
     /** @type {Set<string>} jobs whose stream was refused (429, 404…): polled instead */
@@ -87,14 +85,7 @@ export class JobList {
         (other) => (this.jobs.get(other.getAttribute("data-id") || "")?.created_at || "") < job.created_at);
       this.list.insertBefore(row, older || null);
     }
-    // drawn again only when what it shows changed: a repeated answer (the final event can come
-    // twice) must not replace the buttons under a user's pointer
-    const shown = JSON.stringify([job.status, job.progress, job.queue_position, job.error,
-      job.error_kind, job.timings?.run_s, Boolean(job.stems), summary(job), this.notes.get(job.id)]);
-    if (this.shown.get(job.id) !== shown) {
-      this.shown.set(job.id, shown);
-      this.render(row, job);
-    }
+    this.render(row, job);
     this.empty.hidden = true;
     if (!FINAL.has(job.status)) this.follow(job.id);
   }
@@ -104,7 +95,7 @@ export class JobList {
     const focused = row.contains(document.activeElement)
       ? document.activeElement?.getAttribute("data-action") : null;
     row.dataset.status = job.status;
-    row.replaceChildren(...[
+    const children = /** @type {HTMLElement[]} */ ([
       el("div", { class: "job-head" },
         el("strong", { class: "name" }, fileName(job.input_key)),
         el("span", { class: `badge ${job.status}` }, job.status === "succeeded" ? "done" : job.status)),
@@ -113,6 +104,12 @@ export class JobList {
       this.notes.has(job.id) ? el("p", { class: "note" }, this.notes.get(job.id)) : null,
       this.actions(job),
     ].filter(Boolean));
+    // a repeated answer (the final event can come twice) draws nothing: replacing the same
+    // content would detach the buttons under a user's pointer
+    const same = children.length === row.children.length
+      && children.every((child, i) => child.isEqualNode(row.children[i]));
+    if (same) return;
+    row.replaceChildren(...children);
     if (focused) row.querySelector(`[data-action="${focused}"]`)?.focus();
   }
 
